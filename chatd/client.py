@@ -1,0 +1,831 @@
+"""An asyncio client for chatd that hides reconnects.
+
+::
+
+    async with Client(url, name="alice", password="...") as client:
+        boot = await client.boot()
+        ok = await client.send(boot.channels[0].id, "hello")
+        async for item in client.events():
+            if isinstance(item, Reset):      # the server no longer had our position
+                rebuild_state(item.boot)
+            else:
+                handle(item)                 # a wire.Event, each exactly once, in seq order
+
+One WebSocket connection carries both the commands and the event stream. A
+background task owns it: it (re)connects with exponential backoff and full
+jitter, logs in (``login`` once, then ``auth`` with the token), resubscribes the
+event stream from its last (epoch, seq), and then writes the commands that
+waited for it. Replies are matched to commands by ``ref``.
+
+What survives a dropped connection, and what does not:
+
+* Commands not yet written wait for the next connection (up to their timeout).
+* Commands whose effect is idempotent (``send`` with its nonce, ``boot``,
+  ``history``, ``ping``, ``subscribe``) are written again on the next connection
+  when the old one dropped before their reply.
+* ``create_channel``, ``delete_channel``, ``delete_message`` and ``logout`` are
+  not repeated: their outcome is unknown, so they fail with
+  :class:`ConnectionLost` instead of answering ``conflict`` or ``not_found`` for
+  a change that did happen.
+* ``unavailable`` (a draining or overloaded server) makes idempotent commands
+  retry after a jittered delay; every other error frame is raised to the caller
+  as its :mod:`chatd.exceptions` class. ``rate_limited`` is raised, not hidden,
+  so that the caller sees the back-pressure.
+
+Every command waits at most ``timeout`` seconds in total, reconnects included.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import random
+import secrets
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal, TypeVar
+
+import msgspec
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import (
+    ConnectionClosed,
+    InvalidHandshake,
+    InvalidStatus,
+    InvalidURI,
+)
+
+from . import wire
+from .exceptions import (
+    ChatdError,
+    ClientClosed,
+    ClientError,
+    CommandTimeout,
+    ConnectFailed,
+    InternalError,
+    ProtocolError,
+    RateLimited,
+    ResumeGap,
+    Unauthorized,
+    Unavailable,
+    error_from_code,
+)
+
+__all__ = [
+    "DEFAULT_URL",
+    "Client",
+    "ConnectionLost",
+    "Reset",
+    "StreamPosition",
+    "backoff",
+    "new_nonce",
+]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_URL = "ws://127.0.0.1:8765/ws"
+
+#: Largest frame accepted from the server. A full ``history`` page (500 bodies of
+#: 4,096 characters, each up to 6 bytes once JSON-escaped) is about 13 MB.
+MAX_REPLY_BYTES = 64 * 2**20
+
+# Close codes after which the frames in flight are not written again: the server
+# refused one of them (too big, or a policy violation), and repeating it would
+# only loop.
+_NO_RESEND_CODES = frozenset({1008, 1009})
+
+T = TypeVar("T", bound=wire.Ok)
+
+
+class ConnectionLost(ClientError):
+    """The connection dropped after a non-idempotent command was written and before
+    its reply: it may or may not have taken effect."""
+
+
+# ------------------------------------------------------------------ pure pieces
+
+
+def backoff(
+    first: float = 0.1,
+    cap: float = 10.0,
+    factor: float = 2.0,
+    attempts: int | None = None,
+    *,
+    rng: Callable[[], float] = random.random,
+) -> Iterator[float]:
+    """Reconnect delays: exponential backoff with full jitter.
+
+    The n-th delay is uniform in ``[0, min(cap, first * factor**n)]``. Full jitter
+    spreads the clients that a restarting server dropped all at once, at the
+    price of sometimes retrying sooner than the plain exponential schedule.
+    ``attempts=None`` retries for ever; a finite number makes the client give up
+    with :class:`~chatd.exceptions.ConnectFailed`.
+    """
+    ceiling = min(cap, first)
+    n = 0
+    while attempts is None or n < attempts:
+        yield rng() * ceiling
+        # Grown step by step rather than as factor**n, which overflows a float
+        # after a long enough outage.
+        ceiling = min(cap, ceiling * factor)
+        n += 1
+
+
+def new_nonce() -> str:
+    """A random ``send`` nonce: 144 bits, 24 URL-safe characters (the limit is 64)."""
+    return secrets.token_urlsafe(18)
+
+
+@dataclass
+class StreamPosition:
+    """Where an event stream stands: the epoch and the seq of the last event accepted.
+
+    ``seq is None`` means "from whatever is current when the subscription starts".
+    """
+
+    epoch: str | None = None
+    seq: int | None = None
+    duplicates: int = 0
+
+    def subscribe(self, channels: Sequence[str] | None = None) -> wire.Subscribe:
+        """The command that continues the stream from here."""
+        return wire.Subscribe(
+            since=self.seq, epoch=self.epoch, channels=list(channels) if channels else None
+        )
+
+    def subscribed(self, ok: wire.SubscribeOk) -> None:
+        if self.seq is None:
+            self.seq = ok.resume_point
+        self.epoch = ok.epoch
+
+    def accept(self, event: wire.Event) -> bool:
+        """True if ``event`` is new; an event at or before the position is a repeat.
+
+        Repeats are expected, not a server fault: when a subscription is replaced
+        on the same connection, or written twice across a reconnect, the newer one
+        replays what the older one already delivered.
+        """
+        if self.seq is not None and event.seq <= self.seq:
+            self.duplicates += 1
+            return False
+        self.seq = event.seq
+        return True
+
+    def reset(self, boot: wire.BootOk) -> None:
+        # Unconditional: a new epoch restarts the seq space, so the new resume
+        # point may be lower than the old position.
+        self.epoch = boot.epoch
+        self.seq = boot.resume_point
+
+
+@dataclass(frozen=True)
+class Reset:
+    """Yielded by :meth:`Client.events` when the server no longer has the events
+    after our position (``resume_gap``): events were lost to expiry, or the
+    database was replaced. ``boot`` is a fresh snapshot; the stream continues with
+    the events after ``boot.resume_point``. Rebuild any state derived from events.
+    """
+
+    boot: wire.BootOk
+    gap: ResumeGap
+
+
+# ------------------------------------------------------------------ internals
+
+
+@dataclass(eq=False)
+class _Pending:
+    op: str
+    build: Callable[[], wire.Command]
+    reply_type: type[wire.Ok]
+    future: asyncio.Future[Any]
+    # Safe to write again when the connection dropped before the reply.
+    idempotent: bool
+    on_ok: Callable[[Any], None] | None = None
+    retries: int = 0
+    last_error: BaseException | None = None
+
+
+@dataclass(frozen=True)
+class _Gap:
+    error: ResumeGap
+
+
+@dataclass(frozen=True)
+class _Stop:
+    error: BaseException
+
+
+class _Overflow:
+    pass
+
+
+_OVERFLOW = _Overflow()
+_Item = wire.Event | _Gap | _Stop | _Overflow
+
+
+@dataclass(eq=False)
+class _Subscription:
+    pos: StreamPosition
+    channels: list[str] | None
+    max_queued: int
+    queue: asyncio.Queue[_Item] = field(default_factory=asyncio.Queue)
+    # Established at least once and not waiting on the consumer (after a gap or an
+    # overflow): a new connection must resubscribe before anything else.
+    live: bool = False
+    # Events arriving on the current connection belong to this subscription.
+    active: bool = False
+
+
+def _retryable(exc: BaseException) -> bool:
+    """Whether a failure to connect or log in may go away by trying again."""
+    if isinstance(exc, InvalidURI):
+        return False
+    if isinstance(exc, InvalidStatus):
+        status = exc.response.status_code
+        return status >= 500 or status == 429
+    if isinstance(exc, Unavailable | RateLimited | InternalError):
+        return True
+    if isinstance(exc, ProtocolError | ClientError):
+        return isinstance(exc, ConnectionLost)
+    return isinstance(exc, OSError | TimeoutError | ConnectionClosed | InvalidHandshake)
+
+
+def _describe(exc: BaseException | None) -> str:
+    if exc is None:
+        return "no attempt finished"
+    if isinstance(exc, ProtocolError):
+        return f"{exc.code}: {exc.message}"
+    text = str(exc) or type(exc).__name__
+    return text
+
+
+def _decode_error(raw: str | bytes) -> ChatdError:
+    try:
+        err = msgspec.json.decode(raw, type=wire.Error)
+    except msgspec.ValidationError as exc:
+        return ClientError(f"malformed error frame from server ({exc}): {raw!r:.200}")
+    return error_from_code(
+        err.code,
+        err.message,
+        limit=err.limit,
+        retry_after=err.retry_after,
+        horizon=err.horizon,
+        epoch=err.epoch,
+    )
+
+
+# ------------------------------------------------------------------ the client
+
+
+class Client:
+    """A chatd connection that survives restarts of the server and of the network.
+
+    Give either ``name`` and ``password`` (``login``, which also signs the user
+    up when the server allows it) or a ``token`` from an earlier login (``auth``).
+    With both, an expired token falls back to the password.
+
+    ``timeout`` bounds every command, reconnects included; ``connect_timeout``
+    (default: ``timeout``) bounds the first connection made by ``async with``.
+    ``reconnect_delays`` is a factory of delay iterables, called afresh for each
+    outage (default :func:`backoff`: unbounded attempts, delays capped at 10 s);
+    when an iterable runs out the client gives up with ``ConnectFailed``.
+    ``max_queued_events`` bounds the events read but not yet consumed: past it
+    the client stops queueing and later resubscribes from its position, so a slow
+    consumer costs replays from the server's storage rather than memory here.
+    Other keyword arguments go to :func:`websockets.asyncio.client.connect`.
+    """
+
+    def __init__(
+        self,
+        url: str = DEFAULT_URL,
+        *,
+        name: str | None = None,
+        password: str | None = None,
+        token: str | None = None,
+        timeout: float = 10.0,
+        connect_timeout: float | None = None,
+        reconnect_delays: Callable[[], Iterable[float]] = backoff,
+        max_queued_events: int = 10_000,
+        **connect_options: Any,
+    ) -> None:
+        if token is None and (name is None or password is None):
+            raise ValueError("Client needs token= or both name= and password=")
+        self.url = url
+        self._name = name
+        self._password = password
+        self._token = token
+        self.user: wire.User | None = None
+        self._timeout = timeout
+        self._connect_timeout = timeout if connect_timeout is None else connect_timeout
+        self._delays = reconnect_delays
+        self._max_queued = max(1, max_queued_events)
+        self._connect_options: dict[str, Any] = {
+            "open_timeout": timeout,
+            "close_timeout": min(timeout, 2.0),
+            "max_size": MAX_REPLY_BYTES,
+            **connect_options,
+        }
+
+        self._refs = itertools.count(1)
+        self._entries: set[_Pending] = set()  # every command not answered yet
+        self._queue: deque[_Pending] = deque()  # waiting for a connection
+        self._inflight: dict[int, _Pending] = {}  # written on the current connection
+        self._conn: ClientConnection | None = None
+        self._ready = False  # logged in, resubscribed and flushed: commands go out directly
+        self._closed = False
+        self._fatal_error: BaseException | None = None
+        self._last_error: BaseException | None = None
+        self._sub: _Subscription | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._first: asyncio.Future[None] | None = None
+        self._background: set[asyncio.Task[Any]] = set()
+
+    # ---------------------------------------------------------------- lifecycle
+
+    async def __aenter__(self) -> Client:
+        await self.connect()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    async def connect(self) -> None:
+        """Connect and log in; raises ``ConnectFailed`` or the login error.
+
+        Retries per ``reconnect_delays`` for at most ``connect_timeout`` seconds,
+        so that a client started together with its server waits for it briefly.
+        """
+        if self._task is not None:
+            raise ClientError("connect() was already called")
+        self._first = asyncio.get_running_loop().create_future()
+        self._task = asyncio.create_task(self._run(), name=f"chatd client {self.url}")
+        try:
+            await asyncio.wait_for(asyncio.shield(self._first), self._connect_timeout)
+        except TimeoutError:
+            error = self._last_error
+            await self.close()
+            raise ConnectFailed(
+                f"cannot connect to {self.url} within {self._connect_timeout:g} s: "
+                f"{_describe(error)}"
+            ) from error
+        except BaseException:
+            await self.close()
+            raise
+
+    async def close(self) -> None:
+        """Close the connection; commands still waiting fail with ``ClientClosed``."""
+        if not self._closed:
+            self._stop(None)
+        task, self._task = self._task, None
+        if task is not None and not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        for t in list(self._background):
+            t.cancel()
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            await _close_quietly(conn)
+
+    @property
+    def token(self) -> str | None:
+        """The bearer token in use (from ``login``, or as given)."""
+        return self._token
+
+    @property
+    def connected(self) -> bool:
+        return self._ready
+
+    @property
+    def position(self) -> tuple[str | None, int | None] | None:
+        """(epoch, seq) of the running event stream, or None without one."""
+        sub = self._sub
+        return None if sub is None else (sub.pos.epoch, sub.pos.seq)
+
+    # ---------------------------------------------------------------- commands
+
+    async def boot(self) -> wire.BootOk:
+        return await self._call("boot", wire.Boot, wire.BootOk, idempotent=True)
+
+    async def ping(self) -> wire.Ok:
+        return await self._call("ping", wire.Ping, wire.Ok, idempotent=True)
+
+    async def create_channel(self, name: str) -> wire.ChannelOk:
+        cmd = wire.CreateChannel(name=name)
+        return await self._call("create_channel", lambda: cmd, wire.ChannelOk, idempotent=False)
+
+    async def delete_channel(self, channel_id: str) -> wire.ChannelOk:
+        cmd = wire.DeleteChannel(channel=channel_id)
+        return await self._call("delete_channel", lambda: cmd, wire.ChannelOk, idempotent=False)
+
+    async def send(self, channel_id: str, body: str, *, nonce: str | None = None) -> wire.SendOk:
+        """Post ``body``; stores it exactly once even when connections drop meanwhile.
+
+        The nonce makes the server answer a repeat with the first ``ok``. Pass your
+        own to retry safely after a ``CommandTimeout`` or ``ConnectionLost``.
+        """
+        cmd = wire.Send(channel=channel_id, body=body, nonce=nonce or new_nonce())
+        return await self._call("send", lambda: cmd, wire.SendOk, idempotent=True)
+
+    async def delete_message(self, message_id: str) -> wire.DeleteMessageOk:
+        cmd = wire.DeleteMessage(message=message_id)
+        return await self._call(
+            "delete_message", lambda: cmd, wire.DeleteMessageOk, idempotent=False
+        )
+
+    async def history(
+        self, channel_id: str, before: int | None = None, limit: int = 100
+    ) -> wire.HistoryOk:
+        cmd = wire.History(channel=channel_id, before=before, limit=limit)
+        return await self._call("history", lambda: cmd, wire.HistoryOk, idempotent=True)
+
+    async def logout(self) -> wire.Ok:
+        """End this client's token on the server, then close the client."""
+        ok = await self._call("logout", wire.Logout, wire.Ok, idempotent=False)
+        self._token = None
+        await self.close()
+        return ok
+
+    # ---------------------------------------------------------------- events
+
+    async def events(
+        self,
+        *,
+        since: int | None = None,
+        epoch: str | None = None,
+        channels: Sequence[str] | None = None,
+        on_gap: Literal["reset", "raise"] = "reset",
+    ) -> AsyncIterator[wire.Event | Reset]:
+        """Every event after ``since`` (default: from now), exactly once, in seq order.
+
+        Pass the ``epoch`` that ``since`` belongs to, so that a replaced database
+        is noticed. ``channels`` (ids) restricts the stream. When the server can
+        no longer resume from our position, a :class:`Reset` is yielded and the
+        stream continues from its snapshot, or with ``on_gap="raise"``
+        :class:`~chatd.exceptions.ResumeGap` is raised. One stream per client.
+
+        Ends with ``ClientClosed`` when the client is closed, or with the error
+        that made it give up (``ConnectFailed``, ``Unauthorized``).
+        """
+        self._check_open()
+        if self._sub is not None:
+            raise ClientError("this client already has an events() stream")
+        sub = _Subscription(
+            StreamPosition(epoch=epoch, seq=since),
+            list(channels) if channels else None,
+            self._max_queued,
+        )
+        self._sub = sub
+        try:
+            gap = await self._subscribe(sub)
+            while True:
+                if gap is not None:
+                    if on_gap == "raise":
+                        raise gap
+                    boot = await self.boot()
+                    sub.pos.reset(boot)
+                    yield Reset(boot=boot, gap=gap)
+                    gap = await self._subscribe(sub)
+                    continue
+                item = await sub.queue.get()
+                if isinstance(item, wire.Event):
+                    yield item
+                elif isinstance(item, _Gap):
+                    gap = item.error
+                elif isinstance(item, _Overflow):
+                    gap = await self._subscribe(sub)
+                else:
+                    raise item.error
+        finally:
+            # No await here: this also runs when the generator is finalised.
+            if self._sub is sub:
+                self._sub = None
+                sub.live = sub.active = False
+                if self._ready and not self._closed:
+                    self._spawn(self._unsubscribe())
+
+    async def _subscribe(self, sub: _Subscription) -> ResumeGap | None:
+        def on_ok(ok: wire.SubscribeOk) -> None:
+            if self._sub is sub:
+                sub.pos.subscribed(ok)
+                sub.live = sub.active = True
+
+        try:
+            # Built when written, not now: a subscribe repeated after a reconnect
+            # must start from the position reached by then.
+            await self._call(
+                "subscribe",
+                lambda: sub.pos.subscribe(sub.channels),
+                wire.SubscribeOk,
+                idempotent=True,
+                on_ok=on_ok,
+            )
+        except ResumeGap as gap:
+            return gap
+        return None
+
+    async def _unsubscribe(self) -> None:
+        with contextlib.suppress(ChatdError):
+            await self._call("unsubscribe", wire.Unsubscribe, wire.Ok, idempotent=True)
+
+    # ---------------------------------------------------------------- command plumbing
+
+    def _check_open(self) -> None:
+        if self._task is None and not self._closed:
+            raise ClientError("not connected: use 'async with Client(...)' or connect()")
+        if self._closed:
+            raise ClientClosed("the client is closed") from self._fatal_error
+
+    async def _call(
+        self,
+        op: str,
+        build: Callable[[], wire.Command],
+        reply_type: type[T],
+        *,
+        idempotent: bool,
+        on_ok: Callable[[T], None] | None = None,
+    ) -> T:
+        self._check_open()
+        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        entry = _Pending(op, build, reply_type, future, idempotent, on_ok)
+        self._entries.add(entry)
+        future.add_done_callback(lambda _: self._entries.discard(entry))
+        try:
+            async with asyncio.timeout(self._timeout):
+                await self._submit(entry)
+                return await future
+        except TimeoutError:
+            raise CommandTimeout(
+                f"no reply to {op} within {self._timeout:g} s"
+                + (f" (last error: {_describe(entry.last_error)})" if entry.last_error else "")
+            ) from entry.last_error
+        finally:
+            future.cancel()  # a no-op when answered; marks it abandoned otherwise
+
+    async def _submit(self, entry: _Pending) -> None:
+        if entry.future.done():
+            return
+        conn = self._conn
+        if self._ready and conn is not None:
+            await self._write(conn, entry)
+        else:
+            self._queue.append(entry)
+
+    async def _write(self, conn: ClientConnection, entry: _Pending) -> bool:
+        """Write one command; False if the connection is gone (the drop handler
+        then deals with the entry, which is registered before the write)."""
+        ref = next(self._refs)
+        cmd = msgspec.structs.replace(entry.build(), ref=ref)
+        self._inflight[ref] = entry
+        try:
+            await conn.send(wire.encode(cmd), text=True)
+        except ConnectionClosed:
+            return False
+        return True
+
+    def _retry_later(self, entry: _Pending, error: Unavailable) -> None:
+        entry.retries += 1
+        entry.last_error = error
+        delay = random.random() * min(2.0, 0.05 * 2 ** min(entry.retries, 6))
+        loop = asyncio.get_running_loop()
+        loop.call_later(delay, lambda: self._spawn(self._submit(entry)))
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    # ---------------------------------------------------------------- connection task
+
+    async def _run(self) -> None:
+        delays = iter(self._delays())
+        first = True
+        try:
+            while not self._closed:
+                if not first:
+                    try:
+                        delay = next(delays)
+                    except StopIteration:
+                        self._fatal(
+                            ConnectFailed(
+                                f"gave up reconnecting to {self.url}: "
+                                f"{_describe(self._last_error)}"
+                            )
+                        )
+                        return
+                    err = self._last_error
+                    if isinstance(err, RateLimited) and err.retry_after:
+                        delay = max(delay, err.retry_after)
+                    await asyncio.sleep(delay)
+                first = False
+                conn = await self._establish()
+                if conn is None:
+                    continue
+                delays = iter(self._delays())
+                await self._session(conn)
+        except Exception as exc:  # a bug here must not leave callers hanging
+            log.exception("chatd client task failed")
+            self._fatal(ClientError(f"client task failed: {exc!r}"))
+
+    async def _establish(self) -> ClientConnection | None:
+        """Connect, log in and resubscribe; None when it failed (fatal or not)."""
+        try:
+            conn = await connect(self.url, **self._connect_options)
+        except Exception as exc:
+            return self._failed(exc, ConnectFailed(f"cannot connect to {self.url}: {exc}"))
+        try:
+            await self._handshake(conn)
+        except Exception as exc:
+            await _close_quietly(conn)
+            return self._failed(exc, exc)
+        return conn
+
+    def _failed(self, exc: Exception, fatal: Exception) -> None:
+        if _retryable(exc):
+            log.debug("connecting to %s failed: %s", self.url, _describe(exc))
+            self._last_error = exc
+        else:
+            if fatal is not exc:
+                fatal.__cause__ = exc
+            self._fatal(fatal)
+        return None
+
+    async def _handshake(self, conn: ClientConnection) -> None:
+        if self._token is not None:
+            try:
+                auth = await self._direct(conn, wire.Auth(token=self._token), wire.AuthOk)
+                self.user = auth.user
+            except Unauthorized:
+                if self._password is None:
+                    raise
+                log.info("token refused; logging in again as %s", self._name)
+                self._token = None
+        if self._token is None:
+            assert self._name is not None and self._password is not None
+            login = await self._direct(
+                conn, wire.Login(name=self._name, password=self._password), wire.LoginOk
+            )
+            self._token = login.token
+            self.user = login.user
+        sub = self._sub
+        if sub is not None and sub.live:
+            try:
+                ok = await self._direct(conn, sub.pos.subscribe(sub.channels), wire.SubscribeOk)
+            except ResumeGap as gap:
+                sub.live = False
+                sub.queue.put_nowait(_Gap(gap))
+            else:
+                sub.pos.subscribed(ok)
+                sub.active = True
+
+    async def _direct(self, conn: ClientConnection, cmd: wire.Command, reply_type: type[T]) -> T:
+        """One command during the handshake, before the reader runs: nothing else
+        is in flight and no subscription is active, so the next reply is ours."""
+        ref = next(self._refs)
+        await conn.send(wire.encode(msgspec.structs.replace(cmd, ref=ref)), text=True)
+        async with asyncio.timeout(self._timeout):
+            while True:
+                raw = await conn.recv()
+                head = msgspec.json.decode(raw, type=wire.Head)
+                if head.type == "event" or head.ref != ref:
+                    log.warning("unexpected frame during login: %r", raw[:200])
+                    continue
+                if head.type == "error":
+                    raise _decode_error(raw)
+                return msgspec.json.decode(raw, type=reply_type)
+
+    async def _session(self, conn: ClientConnection) -> None:
+        self._conn = conn
+        reader = asyncio.create_task(self._read(conn))
+        try:
+            # Waiting commands go out in their original order before new ones
+            # may bypass the queue.
+            while self._queue and not reader.done():
+                entry = self._queue.popleft()
+                if not entry.future.done() and not await self._write(conn, entry):
+                    break
+            else:
+                self._ready = not reader.done()
+            if self._first is not None and not self._first.done():
+                self._first.set_result(None)
+            await reader
+        finally:
+            reader.cancel()
+            self._dropped(conn)
+            await _close_quietly(conn)
+
+    async def _read(self, conn: ClientConnection) -> None:
+        try:
+            async for raw in conn:
+                self._dispatch(raw)
+        except ConnectionClosed:
+            pass
+
+    def _dropped(self, conn: ClientConnection) -> None:
+        """Everything a lost connection invalidates; synchronous, so that no
+        command can be written in between to the dead connection."""
+        self._ready = False
+        if self._conn is conn:
+            self._conn = None
+        if self._sub is not None:
+            self._sub.active = False
+        inflight, self._inflight = self._inflight, {}
+        if self._closed:
+            return
+        code = conn.close_code
+        log.info("connection to %s closed (code %s %s)", self.url, code, conn.close_reason or "")
+        again: list[_Pending] = []
+        for entry in inflight.values():
+            if entry.future.done():
+                continue
+            if entry.idempotent and code not in _NO_RESEND_CODES:
+                again.append(entry)
+            else:
+                entry.future.set_exception(
+                    ConnectionLost(
+                        f"connection closed (code {code}) before the reply to {entry.op}; "
+                        "it may or may not have taken effect"
+                    )
+                )
+        self._queue.extendleft(reversed(again))
+
+    def _dispatch(self, raw: str | bytes) -> None:
+        try:
+            head = msgspec.json.decode(raw, type=wire.Head)
+        except msgspec.MsgspecError:
+            log.error("undecodable frame from server: %r", raw[:200])
+            return
+        if head.type == "event":
+            self._on_event(raw)
+            return
+        # bool is an int subclass: a "ref": true must not match ref 1.
+        entry = self._inflight.pop(head.ref, None) if type(head.ref) is int else None
+        if entry is None:
+            log.warning("server frame with no matching command: %r", raw[:200])
+            return
+        if head.type == "ok":
+            try:
+                reply = msgspec.json.decode(raw, type=entry.reply_type)
+            except msgspec.MsgspecError as exc:
+                error: BaseException = ClientError(f"malformed reply to {entry.op}: {exc}")
+            else:
+                if entry.on_ok is not None:
+                    entry.on_ok(reply)
+                if not entry.future.done():
+                    entry.future.set_result(reply)
+                return
+        elif head.type == "error":
+            error = _decode_error(raw)
+            if isinstance(error, Unavailable) and entry.idempotent:
+                self._retry_later(entry, error)
+                return
+        else:
+            error = ClientError(f"unknown frame type {head.type!r} in reply to {entry.op}")
+        if not entry.future.done():
+            entry.future.set_exception(error)
+
+    def _on_event(self, raw: str | bytes) -> None:
+        sub = self._sub
+        if sub is None or not sub.active:
+            return
+        try:
+            event = msgspec.json.decode(raw, type=wire.Event)
+        except msgspec.MsgspecError as exc:
+            log.error("malformed event from server (%s): %r", exc, raw[:200])
+            return
+        if not sub.pos.accept(event):
+            return
+        sub.queue.put_nowait(event)
+        if sub.queue.qsize() >= sub.max_queued:
+            # Stop taking events until the consumer has caught up; it then
+            # resubscribes from the last queued seq, replacing this subscription.
+            sub.live = sub.active = False
+            sub.queue.put_nowait(_OVERFLOW)
+
+    def _stop(self, fatal: BaseException | None) -> None:
+        """Fail everything that waits: with ``fatal``, or ClientClosed on close()."""
+        self._closed = True
+        self._ready = False
+        self._fatal_error = fatal
+        for entry in list(self._entries):
+            if not entry.future.done():
+                entry.future.set_exception(fatal or ClientClosed("the client was closed"))
+        self._entries.clear()
+        self._queue.clear()
+        if self._sub is not None:
+            self._sub.live = self._sub.active = False
+            self._sub.queue.put_nowait(_Stop(fatal or ClientClosed("the client was closed")))
+        if self._first is not None and not self._first.done():
+            self._first.set_exception(fatal or ClientClosed("the client was closed"))
+
+    def _fatal(self, error: BaseException) -> None:
+        log.error("chatd client for %s stopped: %s", self.url, _describe(error))
+        self._stop(error)
+
+
+async def _close_quietly(conn: ClientConnection) -> None:
+    with contextlib.suppress(Exception):
+        await conn.close()

@@ -1,0 +1,345 @@
+"""One WebSocket connection: decode commands, run them, reply in order.
+
+Commands run concurrently (several sends from one connection can share a group
+commit) but their replies are written in the order the commands arrived: each
+command takes a slot in ``_slots`` and a slot is written only when every slot
+before it has been. Commands that change what later commands may do (login,
+auth, logout) or that order replies against events (subscribe, unsubscribe)
+are barriers: the connection stops reading, lets every earlier command finish,
+runs the barrier, and only then reads on.
+
+All writes (replies and events) go out synchronously through
+:func:`chatd.fanout.write`, so the order in which this module writes is the
+order on the wire. Backpressure: with ``max_inflight`` commands in flight, or
+more than ``send_buffer_limit`` bytes unsent, the connection stops reading
+until that clears, so a client that never reads its replies cannot make the
+server buffer without bound.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+from websockets.asyncio.server import ServerConnection
+from websockets.exceptions import ConnectionClosed
+
+from . import crypto, validate, wire
+from .exceptions import (
+    BadRequest,
+    InternalError,
+    ProtocolError,
+    ResumeGap,
+    Unauthorized,
+    Unavailable,
+)
+from .fanout import CLOSE_TOO_SLOW, Subscription, buffered, write
+from .store import (
+    CreateChannel,
+    CreateUser,
+    DeleteChannel,
+    DeleteMessage,
+    IssueToken,
+    RevokeToken,
+    SendMessage,
+    Sent,
+    StoredUser,
+)
+
+if TYPE_CHECKING:
+    from .server import App
+
+log = logging.getLogger("chatd.connection")
+
+#: a handler returns its ok reply, or None when it has written the reply itself.
+Handler = Callable[[Any], Awaitable[msgspec.Struct | None]]
+BARRIERS = (wire.Login, wire.Auth, wire.Logout, wire.Subscribe, wire.Unsubscribe)
+CLOSE_POLICY = 1008
+
+
+class Session:
+    def __init__(self, app: App, conn: ServerConnection) -> None:
+        self.app = app
+        self.conn = conn
+        self.user: wire.User | None = None
+        self.token_hash: bytes | None = None
+        self.sub: Subscription | None = None
+        self._slots: deque[bytes | asyncio.Task[bytes | None]] = deque()
+        self._bad_frames = 0
+        self._handlers: dict[type[wire.Command], Handler] = {
+            wire.Login: self._login,
+            wire.Auth: self._auth,
+            wire.Logout: self._logout,
+            wire.Ping: self._ping,
+            wire.Boot: self._boot,
+            wire.CreateChannel: self._create_channel,
+            wire.DeleteChannel: self._delete_channel,
+            wire.Send: self._send,
+            wire.DeleteMessage: self._delete_message,
+            wire.History: self._history,
+            wire.Subscribe: self._subscribe,
+            wire.Unsubscribe: self._unsubscribe,
+        }
+
+    # ----------------------------------------------------------- the read loop
+
+    async def run(self) -> None:
+        cfg = self.app.config
+        try:
+            async for data in self.conn:
+                cmd = self._decode(data)
+                if cmd is None:
+                    if self._bad_frames >= cfg.max_bad_frames:
+                        await self.conn.close(CLOSE_POLICY, "too many bad frames")
+                        return
+                    continue
+                if isinstance(cmd, BARRIERS):
+                    await self._settle()
+                    frame = await self._reply(cmd)
+                    if frame is not None:
+                        write(self.conn, frame)
+                else:
+                    task = asyncio.create_task(self._reply(cmd))
+                    task.add_done_callback(self._flush)
+                    self._slots.append(task)
+                while len(self._slots) >= cfg.max_inflight:
+                    await asyncio.wait([self._head()])
+                    self._flush()
+                if buffered(self.conn) > cfg.send_buffer_limit:
+                    await self._wait_for_reader()
+        except ConnectionClosed:
+            pass
+        finally:
+            self._end()
+
+    def _decode(self, data: str | bytes) -> wire.Command | None:
+        """The command in ``data``, or None after replying ``bad_request``."""
+        if not isinstance(data, str):
+            self._bad(None, "frame: binary frames are not accepted; send JSON text")
+            return None
+        try:
+            cmd: wire.Command = wire.command_decoder.decode(data)
+        except msgspec.ValidationError as exc:
+            self._bad(_salvage_ref(data), f"invalid command: {exc}")
+            return None
+        except msgspec.DecodeError as exc:
+            self._bad(None, f"frame: not valid JSON text: {exc}")
+            return None
+        return cmd
+
+    def _bad(self, ref: wire.Ref, message: str) -> None:
+        self._bad_frames += 1
+        self.app.metrics.commands.labels("?", "bad_request").inc()
+        self._slots.append(wire.encode(wire.Error(ref, BadRequest.code, message)))
+        self._flush()
+
+    async def _reply(self, cmd: wire.Command) -> bytes | None:
+        """Run one command; its reply frame, ok or error. Never raises."""
+        op = type(cmd).__struct_config__.tag
+        started = time.perf_counter()
+        try:
+            if self.app.draining:
+                raise Unavailable("the server is shutting down; reconnect later")
+            if self.user is None and type(cmd) in wire.NEEDS_LOGIN:
+                raise Unauthorized(f"{op}: log in first (login or auth)")
+            reply = await self._handlers[type(cmd)](cmd)
+        except ProtocolError as exc:
+            self._bad_frames = self._bad_frames + 1 if isinstance(exc, BadRequest) else 0
+            self.app.metrics.commands.labels(op, exc.code).inc()
+            return wire.encode(wire.Error(cmd.ref, exc.code, exc.message, **exc.details))
+        except Exception:
+            log.exception("internal error in %s", op)
+            self.app.metrics.commands.labels(op, "internal").inc()
+            return wire.encode(wire.Error(cmd.ref, InternalError.code, "internal error"))
+        self._bad_frames = 0
+        self.app.metrics.commands.labels(op, "ok").inc()
+        if isinstance(cmd, wire.Send):
+            self.app.metrics.send_latency.observe(time.perf_counter() - started)
+        return None if reply is None else wire.encode(reply)
+
+    def _head(self) -> asyncio.Task[bytes | None]:
+        head = self._slots[0]
+        assert isinstance(head, asyncio.Task)
+        return head
+
+    def _flush(self, _: object = None) -> None:
+        """Write every finished reply at the head of the line, in order."""
+        slots = self._slots
+        while slots:
+            head = slots[0]
+            if isinstance(head, bytes):
+                frame: bytes | None = head
+            elif head.done() and not head.cancelled():
+                frame = head.result()
+            else:
+                return
+            slots.popleft()
+            if frame is not None:
+                write(self.conn, frame)
+
+    async def _settle(self) -> None:
+        """Wait until every earlier command has replied."""
+        while self._slots:
+            await asyncio.wait([self._head()])
+            self._flush()
+
+    def tasks(self) -> list[asyncio.Task[bytes | None]]:
+        """Commands in flight (for the drain on shutdown)."""
+        return [slot for slot in self._slots if isinstance(slot, asyncio.Task)]
+
+    async def _wait_for_reader(self) -> None:
+        cfg = self.app.config
+        deadline = time.monotonic() + cfg.slow_reader_timeout
+        while buffered(self.conn) > cfg.send_buffer_limit // 2:
+            if time.monotonic() > deadline:
+                await self.conn.close(CLOSE_TOO_SLOW, "read too slowly")
+                return
+            await asyncio.sleep(0.02)
+
+    def _end(self) -> None:
+        if self.sub is not None:
+            self.app.hub.unsubscribe(self.sub)
+            self.sub = None
+        for slot in self._slots:
+            if isinstance(slot, asyncio.Task):
+                slot.cancel()
+        self._slots.clear()
+
+    # -------------------------------------------------------------- commands
+
+    def _me(self) -> wire.User:
+        assert self.user is not None
+        return self.user
+
+    async def _login(self, cmd: wire.Login) -> wire.LoginOk:
+        app = self.app
+        name, key = validate.name("name", cmd.name)
+        password = validate.password(cmd.password)
+        user = await app.store.user_by_name(key)
+        if user is None:
+            if not app.config.open_signup:
+                raise Unauthorized("name: no such user, and sign-up is closed")
+            pw_hash = await asyncio.to_thread(crypto.hash_password, password, n=app.config.scrypt_n)
+            user = await app.writer.submit(CreateUser(name, key, pw_hash))
+            assert isinstance(user, StoredUser)
+            if user.created:
+                return await self._logged_in(cmd.ref, user)
+        if not await asyncio.to_thread(crypto.verify_password, password, user.pw_hash):
+            raise Unauthorized("password: wrong name or password")
+        return await self._logged_in(cmd.ref, user)
+
+    async def _logged_in(self, ref: wire.Ref, user: StoredUser) -> wire.LoginOk:
+        token = crypto.new_token()
+        token_hash = crypto.token_hash(token)
+        expires = int((self.app.clock() + self.app.config.token_ttl) * 1000)
+        await self.app.writer.submit(IssueToken(user.id, token_hash, expires))
+        self.user, self.token_hash = wire.User(user.id, user.name), token_hash
+        return wire.LoginOk(ref, self.user, token)
+
+    async def _auth(self, cmd: wire.Auth) -> wire.AuthOk:
+        token = validate.text("token", cmd.token, validate.TOKEN_MAX)
+        token_hash = crypto.token_hash(token)
+        user = await self.app.store.user_by_token(token_hash, int(self.app.clock() * 1000))
+        if user is None:
+            raise Unauthorized("token: unknown or expired")
+        self.user, self.token_hash = user, token_hash
+        return wire.AuthOk(cmd.ref, user)
+
+    async def _logout(self, cmd: wire.Logout) -> wire.Ok:
+        if self.token_hash is not None:
+            await self.app.writer.submit(RevokeToken(self.token_hash))
+        self._stop_subscription()
+        self.user = self.token_hash = None
+        return wire.Ok(cmd.ref)
+
+    async def _ping(self, cmd: wire.Ping) -> wire.Ok:
+        return wire.Ok(cmd.ref)
+
+    async def _boot(self, cmd: wire.Boot) -> wire.BootOk:
+        resume_point, channels = await self.app.store.boot()
+        return wire.BootOk(cmd.ref, self._me(), self.app.store.epoch, resume_point, channels)
+
+    async def _create_channel(self, cmd: wire.CreateChannel) -> wire.ChannelOk:
+        name, key = validate.name("name", cmd.name)
+        channel = await self.app.writer.submit(CreateChannel(self._me(), name, key))
+        return wire.ChannelOk(cmd.ref, channel)
+
+    async def _delete_channel(self, cmd: wire.DeleteChannel) -> wire.ChannelOk:
+        channel_id = validate.text("channel", cmd.channel)
+        channel = await self.app.writer.submit(DeleteChannel(self._me(), channel_id))
+        return wire.ChannelOk(cmd.ref, channel)
+
+    async def _send(self, cmd: wire.Send) -> wire.SendOk:
+        channel_id = validate.text("channel", cmd.channel)
+        body = validate.body(cmd.body)
+        nonce = None if cmd.nonce is None else validate.text("nonce", cmd.nonce)
+        sent: Sent = await self.app.writer.submit(
+            SendMessage(self._me(), channel_id, body, nonce)
+        )
+        return wire.SendOk(cmd.ref, sent.message, sent.channel)
+
+    async def _delete_message(self, cmd: wire.DeleteMessage) -> wire.DeleteMessageOk:
+        message_id = validate.text("message", cmd.message)
+        mid, channel = await self.app.writer.submit(DeleteMessage(self._me(), message_id))
+        return wire.DeleteMessageOk(cmd.ref, wire.MessageRef(mid), channel)
+
+    async def _history(self, cmd: wire.History) -> wire.HistoryOk:
+        channel_id = validate.text("channel", cmd.channel)
+        messages, more = await self.app.store.history(channel_id, cmd.before, cmd.limit)
+        return wire.HistoryOk(cmd.ref, messages, more)
+
+    async def _subscribe(self, cmd: wire.Subscribe) -> None:
+        app = self.app
+        epoch = app.store.epoch
+        channels = None
+        if cmd.channels is not None:
+            channels = frozenset(validate.text("channels", c) for c in cmd.channels)
+        self._stop_subscription()
+        if cmd.epoch is not None and cmd.epoch != epoch:
+            _, horizon = await app.store.position()
+            raise ResumeGap(
+                f"epoch: this server's history is {epoch!r}; boot again",
+                horizon=horizon, epoch=epoch,
+            )
+        if cmd.since is None:
+            resume_point = app.hub.last_seq
+        else:
+            resume_point, horizon = await app.store.position()
+            if cmd.since < horizon or cmd.since > resume_point:
+                raise ResumeGap(
+                    f"since: {cmd.since} is outside the retained history"
+                    f" ({horizon}..{resume_point}); boot again",
+                    horizon=horizon, epoch=epoch,
+                )
+        # The ok goes out before the subscription starts, so before its first event.
+        write(self.conn, wire.encode(wire.SubscribeOk(cmd.ref, epoch, resume_point)))
+        self.sub = app.hub.subscribe(self.conn, channels, cmd.since)
+        return None
+
+    async def _unsubscribe(self, cmd: wire.Unsubscribe) -> wire.Ok:
+        self._stop_subscription()
+        return wire.Ok(cmd.ref)
+
+    def _stop_subscription(self) -> None:
+        if self.sub is not None:
+            self.app.hub.unsubscribe(self.sub)
+            self.sub = None
+
+
+def _salvage_ref(data: str) -> wire.Ref:
+    """The ``ref`` of a frame that failed validation, if the ref itself is valid."""
+    try:
+        obj = msgspec.json.decode(data)
+    except msgspec.DecodeError:
+        return None
+    ref = obj.get("ref") if isinstance(obj, dict) else None
+    if isinstance(ref, bool):
+        return None
+    if isinstance(ref, int) or (isinstance(ref, str) and len(ref) <= 64):
+        return ref
+    return None

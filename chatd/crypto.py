@@ -1,0 +1,71 @@
+"""Identifiers, password hashes and bearer tokens. No I/O.
+
+Passwords are hashed with scrypt (memory-hard; 16 MiB at the default n=2**14,
+r=8) and a random 16-byte salt; the parameters are stored with each hash so they
+can be raised later without breaking old accounts. Tokens are 256 random bits;
+only their SHA-256 is stored: a token has full entropy, so a fast hash is enough
+and a stolen database yields no usable token.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import secrets
+
+_ID_ALPHABET = "0123456789abcdefghjkmnpqrstvwxyz"  # Crockford base32, lower case
+
+
+def new_id(namespace: str) -> str:
+    """``namespace`` letter + 20 base32 characters (100 random bits)."""
+    n = secrets.randbits(100)
+    chars = []
+    for _ in range(20):
+        chars.append(_ID_ALPHABET[n & 31])
+        n >>= 5
+    return namespace + "".join(chars)
+
+
+def new_epoch() -> str:
+    return "E" + secrets.token_hex(8)
+
+
+def new_token() -> str:
+    return secrets.token_urlsafe(32)
+
+
+def token_hash(token: str) -> bytes:
+    return hashlib.sha256(token.encode("utf-8", "surrogatepass")).digest()
+
+
+def hash_password(password: str, *, n: int = 2**14, r: int = 8, p: int = 1) -> str:
+    salt = secrets.token_bytes(16)
+    digest = _scrypt(password, salt, n, r, p)
+    return "$".join(("scrypt", str(n), str(r), str(p), _b64(salt), _b64(digest)))
+
+
+def verify_password(password: str, stored: str) -> bool:
+    try:
+        scheme, n, r, p, salt, digest = stored.split("$")
+        if scheme != "scrypt":
+            return False
+        got = _scrypt(password, _unb64(salt), int(n), int(r), int(p))
+    except ValueError:
+        return False
+    return hmac.compare_digest(got, _unb64(digest))
+
+
+def _scrypt(password: str, salt: bytes, n: int, r: int, p: int) -> bytes:
+    return hashlib.scrypt(
+        password.encode("utf-8"), salt=salt, n=n, r=r, p=p, maxmem=256 * n * r + 1024 * 1024,
+        dklen=32,
+    )
+
+
+def _b64(b: bytes) -> str:
+    return base64.b64encode(b).decode("ascii")
+
+
+def _unb64(s: str) -> bytes:
+    return base64.b64decode(s.encode("ascii"))

@@ -1,0 +1,230 @@
+"""Fanout of committed events to subscribers, with the replay-to-live handover.
+
+Every event is encoded once, by the store, when it is committed; the same bytes
+are written to every live subscriber whose channel filter matches, through
+``websockets.broadcast``. broadcast() applies no backpressure and ignores the
+write limit, so the hub looks at each connection's transport buffer itself: a
+subscriber with more than ``buffer_limit`` bytes unsent stops being written to
+("lagging") and is later caught up from the store, never from a queue in memory.
+Memory per subscriber is therefore bounded by ``buffer_limit`` plus one replay
+batch, however slow it reads. If its buffer does not drain below the low-water
+mark for ``slow_timeout`` seconds, it is closed with 4000.
+
+The handover (PROTOCOL.md guarantee 3, and issue 2's race):
+
+* ``Hub.last_seq`` is the newest event published. The writer publishes events in
+  seq order, after they are committed, so every event with seq <= last_seq is in
+  the store (or was deleted from it, which replay honours), and every event with
+  seq > last_seq will still pass through :meth:`Hub.publish`.
+* A subscription has a ``cursor``: every event <= cursor has been written to it
+  or was deliberately not (filtered out, or deleted before it was read).
+* Catching up, it reads events > cursor from one store snapshot, writes them and
+  moves the cursor. A short read means the snapshot had nothing more: the cursor
+  moves to the snapshot's position ``upto``, which may be ahead of last_seq
+  (committed, not yet published). Then, with no ``await`` between the test and
+  the switch, if cursor >= last_seq the subscription joins the live set: no
+  event can be published between the test and the switch, the events
+  <= last_seq are all behind the cursor, and every later one will be published
+  to it. Otherwise it reads again.
+* Live, an event is written only if its seq > cursor, so an event that the
+  last store read already delivered (seq in (last_seq, upto]) is not sent twice.
+
+A lagging subscriber leaves the live set with its cursor at the last event
+written and goes through the same catch-up, so lagging and resuming share one
+path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+
+from websockets.asyncio.connection import Connection, broadcast
+from websockets.protocol import State
+
+from .store import Batch, Published
+
+log = logging.getLogger("chatd.fanout")
+
+ReadEvents = Callable[[int, frozenset[str] | None, int], Awaitable[Batch]]
+
+CLOSE_TOO_SLOW = 4000
+
+
+def buffered(conn: Connection) -> int:
+    """Bytes written to ``conn`` and not yet sent to the peer."""
+    transport = conn.transport
+    return 0 if transport is None or transport.is_closing() else transport.get_write_buffer_size()
+
+
+def write(conn: Connection, frame: bytes) -> None:
+    """Queue one text frame without waiting; the caller watches :func:`buffered`."""
+    broadcast((conn,), frame, text=True)
+
+
+class Subscription:
+    def __init__(
+        self, hub: Hub, conn: Connection, channels: frozenset[str] | None, cursor: int
+    ) -> None:
+        self.hub = hub
+        self.conn = conn
+        self.channels = channels
+        self.cursor = cursor
+        self.live = False
+        #: caught up from the store because it read too slowly (not a plain replay).
+        self.lagging = False
+        self.closed = False
+        self._task: asyncio.Task[None] | None = None
+
+    def catch_up(self) -> None:
+        self.live = False
+        self._task = asyncio.create_task(self._catch_up())
+
+    def cancel(self) -> None:
+        self.closed = True
+        if self._task is not None and self._task is not asyncio.current_task():
+            self._task.cancel()
+
+    async def _catch_up(self) -> None:
+        hub = self.hub
+        try:
+            while not self.closed:
+                if not await self._wait_for_room():
+                    return
+                batch = await hub.read_events(self.cursor, self.channels, hub.batch)
+                if self.closed:
+                    return
+                if batch.horizon > self.cursor:
+                    # Expiry dropped events this subscriber has not seen: it must resync.
+                    self._close_slow("fell behind the retained history")
+                    return
+                for _, frame in batch.events:
+                    write(self.conn, frame)
+                if batch.events:
+                    self.cursor = batch.events[-1][0]
+                if len(batch.events) < hub.batch:
+                    self.cursor = max(self.cursor, batch.upto)
+                    if self.cursor >= hub.last_seq:  # no await from here to the switch
+                        hub.go_live(self)
+                        return
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("catch-up failed")
+            self._close_slow("internal error during catch-up", code=1011)
+
+    async def _wait_for_room(self) -> bool:
+        hub = self.hub
+        low = hub.buffer_limit // 2
+        if buffered(self.conn) <= low:
+            return True
+        deadline = time.monotonic() + hub.slow_timeout
+        while buffered(self.conn) > low:
+            if self.closed or self.conn.state is not State.OPEN:
+                return False
+            if time.monotonic() > deadline:
+                self._close_slow("read too slowly")
+                return False
+            await asyncio.sleep(hub.poll_interval)
+        return True
+
+    def _close_slow(self, reason: str, code: int = CLOSE_TOO_SLOW) -> None:
+        self.hub.unsubscribe(self)
+        self.hub.slow_closed += 1
+        self.hub.close_later(self.conn, code, reason)
+
+
+class Hub:
+    """The live subscriber set and the event fanout; see the module docstring."""
+
+    def __init__(
+        self,
+        last_seq: int,
+        read_events: ReadEvents,
+        *,
+        buffer_limit: int = 256 * 1024,
+        slow_timeout: float = 30.0,
+        batch: int = 1000,
+        poll_interval: float = 0.02,
+    ) -> None:
+        self.last_seq = last_seq
+        self.read_events = read_events
+        self.buffer_limit = buffer_limit
+        self.slow_timeout = slow_timeout
+        self.batch = batch
+        self.poll_interval = poll_interval
+        self._live: dict[Subscription, None] = {}
+        self._closing: set[asyncio.Task[None]] = set()
+        self.subscribers = 0
+        self.lagging = 0
+        self.slow_closed = 0
+        self.lag_events = 0
+
+    def subscribe(
+        self, conn: Connection, channels: frozenset[str] | None, since: int | None
+    ) -> Subscription:
+        """Start a subscription; the caller has already written the ``ok``.
+
+        Without ``since`` it is live from ``last_seq`` at once; with it, it
+        catches up from the store first.
+        """
+        self.subscribers += 1
+        if since is None:
+            sub = Subscription(self, conn, channels, self.last_seq)
+            self.go_live(sub)
+        else:
+            sub = Subscription(self, conn, channels, since)
+            sub.catch_up()
+        return sub
+
+    def unsubscribe(self, sub: Subscription) -> None:
+        if sub.closed:
+            return
+        self._live.pop(sub, None)
+        sub.live = False
+        self._set_lagging(sub, False)
+        self.subscribers -= 1
+        sub.cancel()
+
+    def close_later(self, conn: Connection, code: int, reason: str) -> None:
+        # close() waits for the peer; a peer that does not read is cut after close_timeout.
+        task = asyncio.create_task(conn.close(code, reason))
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
+
+    def go_live(self, sub: Subscription) -> None:
+        self._set_lagging(sub, False)
+        sub.live = True
+        self._live[sub] = None
+
+    def _set_lagging(self, sub: Subscription, lagging: bool) -> None:
+        if sub.lagging != lagging:
+            sub.lagging = lagging
+            self.lagging += 1 if lagging else -1
+
+    def publish(self, events: list[Published]) -> None:
+        """Write committed events, in seq order, to every live subscriber."""
+        limit = self.buffer_limit
+        for event in events:
+            self.last_seq = event.seq
+            targets: list[Connection] = []
+            lagging: list[Subscription] = []
+            for sub in self._live:
+                if event.seq <= sub.cursor:
+                    continue
+                if sub.channels is not None and event.channel_id not in sub.channels:
+                    continue
+                if buffered(sub.conn) > limit:
+                    lagging.append(sub)
+                    continue
+                sub.cursor = event.seq
+                targets.append(sub.conn)
+            if targets:
+                broadcast(targets, event.frame, text=True)
+            for sub in lagging:
+                del self._live[sub]
+                self.lag_events += 1
+                self._set_lagging(sub, True)
+                sub.catch_up()

@@ -1,0 +1,250 @@
+"""The daemon: one port serving the WebSocket endpoint and a few HTTP paths.
+
+:class:`App` holds what the connections share (config, store, writer, hub,
+metrics, clock); :func:`serve` runs it until a stop is requested, then drains.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import mimetypes
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from http import HTTPStatus
+from importlib import resources
+
+import msgspec
+from websockets.asyncio.server import Server, ServerConnection
+from websockets.asyncio.server import serve as ws_serve
+from websockets.datastructures import Headers
+from websockets.http11 import Request, Response
+
+from . import __version__
+from .config import Config
+from .connection import Session
+from .expiry import run_expiry
+from .fanout import Hub
+from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from .metrics import Metrics
+from .sqlite_store import SqliteStore
+from .store import Published, Store
+from .writer import Writer
+
+log = logging.getLogger("chatd.server")
+
+CLOSE_GOING_AWAY = 1001
+
+PLACEHOLDER_PAGE = b"""<!doctype html>
+<meta charset="utf-8"><title>chatd</title>
+<h1>chatd</h1><p>The WebSocket endpoint is <code>/ws</code>.</p>
+"""
+
+
+@dataclass
+class App:
+    config: Config
+    store: Store
+    clock: Callable[[], float] = time.time
+    metrics: Metrics = field(default_factory=Metrics)
+    draining: bool = False
+    ready: bool = False
+    sessions: set[Session] = field(default_factory=set)
+
+    def __post_init__(self) -> None:
+        self.hub = Hub(
+            0,
+            self.store.read_events,
+            buffer_limit=self.config.send_buffer_limit,
+            slow_timeout=self.config.slow_reader_timeout,
+            batch=self.config.replay_batch,
+        )
+        self.writer = Writer(
+            self.store,
+            self._publish,
+            max_batch=self.config.max_commit_batch,
+            clock=self.clock,
+            on_batch=self.metrics.batch,
+        )
+        self.metrics.bind(
+            subscribers=lambda: self.hub.subscribers,
+            lagging=lambda: self.hub.lagging,
+            seq=lambda: self.hub.last_seq,
+        )
+
+    def _publish(self, events: list[Published]) -> None:
+        self.metrics.events.inc(len(events))
+        self.hub.publish(events)
+
+    async def start(self) -> None:
+        await self.store.open()
+        seq, _ = await self.store.position()
+        self.hub.last_seq = seq
+        self.writer.start()
+
+    async def handle(self, conn: ServerConnection) -> None:
+        session = Session(self, conn)
+        self.sessions.add(session)
+        self.metrics.connections.inc()
+        peer = _peer(conn)
+        log.info("open %s", peer, extra={"event": "open", "peer": peer})
+        try:
+            await session.run()
+        finally:
+            self.sessions.discard(session)
+            self.metrics.connections.dec()
+            user = session.user.name if session.user else None
+            log.info(
+                "close %s user=%s code=%s reason=%r", peer, user, conn.close_code,
+                conn.close_reason,
+                extra={"event": "close", "peer": peer, "user": user,
+                       "code": conn.close_code, "reason": conn.close_reason},
+            )
+
+    # ------------------------------------------------------------------ HTTP
+
+    def process_request(self, conn: ServerConnection, request: Request) -> Response | None:
+        path = request.path.split("?", 1)[0]
+        if path == "/ws":
+            origin = request.headers.get("Origin")
+            host = request.headers.get("Host")
+            if origin is not None and not self.origin_allowed(origin, host):
+                return _response(HTTPStatus.FORBIDDEN, b"origin not allowed\n")
+            return None
+        if path == "/healthz":
+            if self.ready and not self.draining:
+                body = msgspec.json.encode({"status": "ok", "seq": self.hub.last_seq})
+                return _response(HTTPStatus.OK, body, "application/json")
+            status = "draining" if self.draining else "starting"
+            body = msgspec.json.encode({"status": status, "seq": self.hub.last_seq})
+            return _response(HTTPStatus.SERVICE_UNAVAILABLE, body, "application/json")
+        if path == "/metrics":
+            return _response(HTTPStatus.OK, self.metrics.render(), METRICS_CONTENT_TYPE)
+        if path in ("/", "/index.html"):
+            page = _static("index.html") or PLACEHOLDER_PAGE
+            return _response(HTTPStatus.OK, page, "text/html; charset=utf-8")
+        if path.startswith("/static/"):
+            name = path.removeprefix("/static/")
+            data = _static(name)
+            if data is not None:
+                ctype = mimetypes.guess_type(name)[0] or "application/octet-stream"
+                if ctype.startswith("text/") or ctype.endswith("javascript"):
+                    ctype += "; charset=utf-8"
+                return _response(HTTPStatus.OK, data, ctype)
+        return _response(HTTPStatus.NOT_FOUND, b"not found\n")
+
+    def origin_allowed(self, origin: str, host: str | None) -> bool:
+        allowed = self.config.allow_origins
+        if not allowed:
+            allowed = (f"http://{host}", f"https://{host}") if host else ()
+        return "*" in allowed or origin.rstrip("/") in {o.rstrip("/") for o in allowed}
+
+
+def _peer(conn: ServerConnection) -> str:
+    addr = conn.remote_address
+    return f"{addr[0]}:{addr[1]}" if addr else "?"
+
+
+def _response(
+    status: HTTPStatus, body: bytes, ctype: str = "text/plain; charset=utf-8"
+) -> Response:
+    headers = Headers(
+        [
+            ("Content-Type", ctype),
+            ("Content-Length", str(len(body))),
+            ("Cache-Control", "no-store"),
+            ("X-Content-Type-Options", "nosniff"),
+            ("Server", f"chatd/{__version__}"),
+        ]
+    )
+    return Response(status.value, status.phrase, headers, body)
+
+
+_WEB = resources.files("chatd") / "web"
+
+
+def _static(name: str) -> bytes | None:
+    """A file shipped in chatd/web, or None; names with path parts are refused."""
+    if not name or "/" in name or "\\" in name or name.startswith("."):
+        return None
+    try:
+        return (_WEB / name).read_bytes()
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+        return None
+
+
+# ------------------------------------------------------------------ lifecycle
+
+
+def _resolve(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)
+
+
+async def serve(
+    config: Config,
+    *,
+    clock: Callable[[], float] = time.time,
+    stop: asyncio.Future[None] | None = None,
+    on_listening: Callable[[str, int], None] | None = None,
+) -> None:
+    """Run the daemon until ``stop`` resolves or SIGINT/SIGTERM arrives, then drain."""
+    loop = asyncio.get_running_loop()
+    if stop is None:
+        stop = loop.create_future()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            loop.add_signal_handler(sig, _resolve, stop)
+        except (NotImplementedError, RuntimeError):
+            pass
+
+    app = App(config, SqliteStore(config.db), clock=clock)
+    await app.start()
+    server: Server = await ws_serve(
+        app.handle,
+        config.host,
+        config.port,
+        process_request=app.process_request,
+        max_size=config.max_frame,
+        # permessage-deflate costs ~64 KiB per connection; chat frames are small.
+        compression=None,
+        server_header=f"chatd/{__version__}",
+        close_timeout=5,
+    )
+    expiry = asyncio.create_task(run_expiry(config, app.writer, clock, app.metrics))
+    app.ready = True
+    host, port = server.sockets[0].getsockname()[:2]
+    if on_listening is not None:
+        on_listening(host, port)
+    try:
+        await stop
+    finally:
+        await _drain(app, server, expiry)
+
+
+async def _drain(app: App, server: Server, expiry: asyncio.Task[None]) -> None:
+    """Stop accepting, finish in-flight commands, commit, close clients with 1001."""
+    log.info("draining")
+    app.draining = True
+    expiry.cancel()
+    server.close(close_connections=False)  # stop listening; open connections stay
+    deadline = time.monotonic() + app.config.drain_timeout
+    inflight = [t for s in app.sessions for t in s.tasks()]
+    if inflight:
+        await asyncio.wait(inflight, timeout=app.config.drain_timeout)
+    await app.writer.close()
+    closing = [
+        asyncio.create_task(s.conn.close(CLOSE_GOING_AWAY, "server shutting down"))
+        for s in list(app.sessions)
+    ]
+    try:
+        remaining = max(0.5, deadline - time.monotonic())
+        await asyncio.wait_for(server.wait_closed(), remaining)
+    except TimeoutError:
+        log.warning("some connections did not close in time")
+    for task in closing:
+        task.cancel()
+    await app.store.close()
+    log.info("stopped")

@@ -1,0 +1,775 @@
+// chatd web client: one ES module, no dependencies, no build step.
+//
+// Three layers, each knowing only the one below it:
+//   Connection  one WebSocket at a time, refs -> replies, backoff, heartbeat
+//   Session     login/auth, stream position (epoch, seq), resume or resync, outbox
+//   UI          everything that touches the document
+// The wire contract is PROTOCOL.md (version 1).
+
+const TOKEN_KEY = "chatd.token";
+const CHANNEL_KEY = "chatd.channel";
+const HISTORY_PAGE = 50;
+const BODY_LIMIT = 4096;
+const BACKOFF_BASE_MS = 250;
+const BACKOFF_CAP_MS = 5000;
+const PING_EVERY_MS = 25000;
+const PING_TIMEOUT_MS = 10000;
+const LOAD_OLDER_PX = 48;
+
+// ---------------------------------------------------------------- helpers
+
+// localStorage throws in some privacy modes; the page must still work there.
+const store = {
+  get(key) {
+    try { return localStorage.getItem(key); } catch { return null; }
+  },
+  set(key, value) {
+    try {
+      if (value == null) localStorage.removeItem(key);
+      else localStorage.setItem(key, value);
+    } catch { /* memory only, then */ }
+  },
+};
+
+// crypto.randomUUID needs a secure context; getRandomValues also works on plain http.
+function randomNonce() {
+  const bytes = crypto.getRandomValues(new Uint8Array(16));
+  return Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
+}
+
+// Full jitter, so clients dropped by a server restart do not all return at once.
+function backoffDelay(attempt) {
+  return Math.random() * Math.min(BACKOFF_CAP_MS, BACKOFF_BASE_MS * 2 ** attempt);
+}
+
+function wsUrl() {
+  return (location.protocol === "https:" ? "wss://" : "ws://") + location.host + "/ws";
+}
+
+class ServerError extends Error {
+  constructor(frame) {
+    super(typeof frame.message === "string" ? frame.message : String(frame.code));
+    this.code = frame.code;
+    this.frame = frame;
+  }
+}
+
+class ConnectionLost extends Error {
+  constructor() {
+    super("not connected to the server");
+    this.code = "connection_lost";
+  }
+}
+
+// ------------------------------------------------------------- Connection
+
+class Connection {
+  constructor(url, handlers) {
+    this.url = url;
+    this.handlers = handlers; // { onOpen, onClose, onEvent, onStrayError }
+    this.ws = null;
+    this.nextRef = 1;
+    this.pending = new Map(); // ref -> { resolve, reject }
+    this.attempt = 0;
+    this.retryTimer = null;
+    this.pingTimer = null;
+    this.openWaiters = [];
+  }
+
+  get isOpen() {
+    return this.ws !== null && this.ws.readyState === WebSocket.OPEN;
+  }
+
+  start() {
+    this._connect();
+  }
+
+  // Never queued across sockets: a command meant for one connection's login
+  // state must not silently run on the next one.
+  request(op, args = {}) {
+    if (!this.isOpen) return Promise.reject(new ConnectionLost());
+    const ref = this.nextRef++;
+    return new Promise((resolve, reject) => {
+      this.pending.set(ref, { resolve, reject });
+      this.ws.send(JSON.stringify({ ...args, op, ref }));
+    });
+  }
+
+  whenOpen() {
+    if (this.isOpen) return Promise.resolve();
+    return new Promise((resolve) => this.openWaiters.push(resolve));
+  }
+
+  // Called once the session is really usable, not merely when the socket
+  // opens: a server that accepts and then drops us must still be backed off.
+  resetBackoff() {
+    this.attempt = 0;
+  }
+
+  drop() {
+    if (this.ws) this._lost(this.ws);
+  }
+
+  reconnectNow() {
+    if (this.ws) return;
+    clearTimeout(this.retryTimer);
+    this._connect();
+  }
+
+  restart() {
+    this.drop();
+    this.attempt = 0;
+    this.reconnectNow();
+  }
+
+  _connect() {
+    const ws = new WebSocket(this.url);
+    this.ws = ws;
+    ws.onopen = () => this._opened(ws);
+    ws.onmessage = (e) => this._frame(ws, e.data);
+    ws.onclose = () => this._lost(ws); // also follows every onerror
+  }
+
+  _opened(ws) {
+    if (ws !== this.ws) return;
+    clearInterval(this.pingTimer);
+    this.pingTimer = setInterval(() => this._ping(), PING_EVERY_MS);
+    this.openWaiters.splice(0).forEach((resolve) => resolve());
+    this.handlers.onOpen();
+  }
+
+  _frame(ws, data) {
+    if (ws !== this.ws) return;
+    let msg;
+    try { msg = JSON.parse(data); } catch { return; }
+    if (msg === null || typeof msg !== "object") return;
+    if (msg.type === "event") {
+      this.handlers.onEvent(msg);
+      return;
+    }
+    const waiter = this.pending.get(msg.ref);
+    if (!waiter) {
+      if (msg.type === "error") this.handlers.onStrayError(new ServerError(msg));
+      return;
+    }
+    this.pending.delete(msg.ref);
+    if (msg.type === "ok") waiter.resolve(msg);
+    else waiter.reject(new ServerError(msg));
+  }
+
+  // Handles both a real close and a socket we gave up on; the guard makes a
+  // late onclose from an abandoned socket harmless.
+  _lost(ws) {
+    if (ws !== this.ws) return;
+    this.ws = null;
+    ws.onopen = ws.onmessage = ws.onclose = null;
+    if (ws.readyState === WebSocket.CONNECTING || ws.readyState === WebSocket.OPEN) ws.close();
+    clearInterval(this.pingTimer);
+    const waiters = [...this.pending.values()];
+    this.pending.clear();
+    waiters.forEach((w) => w.reject(new ConnectionLost()));
+    this.handlers.onClose();
+    clearTimeout(this.retryTimer);
+    this.retryTimer = setTimeout(() => this._connect(), backoffDelay(this.attempt++));
+  }
+
+  // Browsers may not notice a dead TCP connection for minutes.
+  _ping() {
+    const ws = this.ws;
+    const timer = setTimeout(() => { if (ws === this.ws) this.drop(); }, PING_TIMEOUT_MS);
+    this.request("ping").then(() => clearTimeout(timer), () => clearTimeout(timer));
+  }
+}
+
+// ---------------------------------------------------------------- Session
+
+class Session {
+  constructor(conn, hooks) {
+    this.conn = conn;
+    this.hooks = hooks; // { onState, onLoggedIn, onLoggedOut, onSnapshot, onEvent, onSent, onOutbox, onLive, onError }
+    this.token = store.get(TOKEN_KEY);
+    this.user = null;
+    this.epoch = null;
+    this.lastSeq = 0;
+    this.live = false;
+    this.everOpened = false;
+    this.outbox = []; // { nonce, channel, body, inflight }
+  }
+
+  async onOpen() {
+    this.everOpened = true;
+    if (!this.token) {
+      this._loggedOut();
+      return;
+    }
+    try {
+      const ok = await this.conn.request("auth", { token: this.token });
+      this._loggedIn(ok.user);
+      await this._resume();
+    } catch (err) {
+      this._syncFailed(err);
+    }
+  }
+
+  onClose() {
+    this.live = false;
+    this.hooks.onState(this.everOpened ? "reconnecting" : "connecting");
+  }
+
+  onEvent(ev) {
+    // Defensive: the server promises no duplicates, but applying one twice
+    // would corrupt the view, and seq is the only position we trust.
+    if (this.epoch === null || !(ev.seq > this.lastSeq)) return;
+    this.lastSeq = ev.seq;
+    this.hooks.onEvent(ev);
+  }
+
+  async login(name, password) {
+    await this.conn.whenOpen();
+    const ok = await this.conn.request("login", { name, password });
+    this.token = ok.token;
+    store.set(TOKEN_KEY, ok.token);
+    this.epoch = null; // a new login always starts from a fresh snapshot
+    this._loggedIn(ok.user);
+    try {
+      await this._resume();
+    } catch (err) {
+      this._syncFailed(err);
+    }
+  }
+
+  async logout() {
+    try {
+      if (this.conn.isOpen) await this.conn.request("logout");
+    } catch (err) {
+      if (err.code !== "connection_lost") this.hooks.onError(err);
+    }
+    this._forget();
+    this.hooks.onLoggedOut();
+    // A fresh socket guarantees no subscription or login survives on this one.
+    this.conn.restart();
+    this.hooks.onState("connecting");
+  }
+
+  send(channel, body) {
+    this.outbox.push({ nonce: randomNonce(), channel, body, inflight: false });
+    this.hooks.onOutbox(this.outbox);
+    this.flush();
+  }
+
+  flush() {
+    if (!this.live) return;
+    for (const item of this.outbox) if (!item.inflight) this._transmit(item);
+  }
+
+  async _transmit(item) {
+    item.inflight = true;
+    try {
+      const ok = await this.conn.request("send", {
+        channel: item.channel, body: item.body, nonce: item.nonce,
+      });
+      this._dequeue(item);
+      this.hooks.onSent(ok.message, item.channel);
+    } catch (err) {
+      item.inflight = false;
+      // Kept with its nonce: the resend after resume cannot create a duplicate.
+      if (err.code === "connection_lost") return;
+      if (err.code === "rate_limited") {
+        const seconds = Number(err.frame.retry_after) || 1;
+        setTimeout(() => this.flush(), seconds * 1000);
+        return;
+      }
+      this._dequeue(item);
+      this.hooks.onError(err);
+    }
+  }
+
+  _dequeue(item) {
+    const i = this.outbox.indexOf(item);
+    if (i < 0) return;
+    this.outbox.splice(i, 1);
+    this.hooks.onOutbox(this.outbox);
+  }
+
+  async _resume() {
+    let state = "connected";
+    if (this.epoch !== null) {
+      try {
+        await this.conn.request("subscribe", { since: this.lastSeq, epoch: this.epoch });
+        this._goLive(state);
+        return;
+      } catch (err) {
+        if (err.code !== "resume_gap") throw err;
+      }
+      state = "resynced";
+    }
+    await this._resync();
+    this._goLive(state);
+  }
+
+  // boot's resume_point and subscribe(since) together give exactly-once: the
+  // snapshot covers up to resume_point, the stream everything after it.
+  async _resync() {
+    const boot = await this.conn.request("boot");
+    this.user = boot.user;
+    this.epoch = boot.epoch;
+    this.lastSeq = boot.resume_point;
+    await this.hooks.onSnapshot(boot);
+    await this.conn.request("subscribe", { since: boot.resume_point, epoch: boot.epoch });
+  }
+
+  _goLive(state) {
+    this.live = true;
+    this.conn.resetBackoff();
+    this.hooks.onState(state);
+    this.hooks.onLive();
+    this.flush();
+  }
+
+  _syncFailed(err) {
+    if (err.code === "connection_lost") return; // the next socket starts over
+    if (err.code === "unauthorized") {
+      this._forget();
+      this._loggedOut();
+      return;
+    }
+    // e.g. `unavailable` while the server drains: back off and try again.
+    this.hooks.onError(err);
+    this.conn.drop();
+  }
+
+  _loggedIn(user) {
+    this.user = user;
+    this.hooks.onLoggedIn(user);
+  }
+
+  _loggedOut() {
+    this.conn.resetBackoff();
+    this.hooks.onLoggedOut();
+    this.hooks.onState("connected");
+  }
+
+  _forget() {
+    this.token = null;
+    store.set(TOKEN_KEY, null);
+    this.user = null;
+    this.epoch = null;
+    this.lastSeq = 0;
+    this.live = false;
+    this.outbox = [];
+    this.hooks.onOutbox(this.outbox);
+  }
+}
+
+// --------------------------------------------------------------------- UI
+
+const $ = (id) => document.getElementById(id);
+const els = {
+  state: $("conn-state"), error: $("error"), me: $("me"), logout: $("logout"),
+  splash: $("splash"), loginView: $("login-view"), chatView: $("chat-view"),
+  loginForm: $("login-form"), loginName: $("login-name"), loginPassword: $("login-password"),
+  channelList: $("channel-list"), newChannelForm: $("new-channel-form"), newChannelName: $("new-channel-name"),
+  title: $("channel-title"), notice: $("channel-notice"), messages: $("messages"),
+  outbox: $("outbox"), composer: $("composer-form"), input: $("composer-input"),
+};
+
+const app = {
+  me: null,
+  channels: new Map(), // id -> { id, name }, in boot order then creation order
+  unread: new Set(),
+  view: null, // the open channel, see newView
+};
+
+// A fresh object per opening, so late replies for an older view are dropped.
+function newView(channel) {
+  return {
+    channel, nodes: new Map(), deleted: new Set(),
+    oldest: Infinity, more: false, loaded: false, loading: false, gone: false,
+  };
+}
+
+function el(tag, className, text) {
+  const node = document.createElement(tag);
+  if (className) node.className = className;
+  if (text !== undefined) node.textContent = text;
+  return node;
+}
+
+function setConnState(state) {
+  els.state.textContent = state;
+  els.state.dataset.state = state;
+}
+
+function showError(err) {
+  els.error.textContent = err instanceof Error ? err.message : String(err);
+}
+
+function clearError() {
+  els.error.textContent = "";
+}
+
+function showLogin() {
+  app.me = null;
+  app.channels.clear();
+  app.unread.clear();
+  app.view = null;
+  els.splash.hidden = true;
+  els.chatView.hidden = true;
+  els.loginView.hidden = false;
+  els.me.textContent = "";
+  els.logout.hidden = true;
+  renderChannels();
+  renderView();
+  if (!els.loginName.value) els.loginName.focus();
+}
+
+function showChat(user) {
+  app.me = user;
+  els.splash.hidden = true;
+  els.loginView.hidden = true;
+  els.chatView.hidden = false;
+  els.me.textContent = user.name;
+  els.logout.hidden = false;
+}
+
+function renderChannels() {
+  const items = [...app.channels.values()].map((channel) => {
+    const li = el("li", "channel");
+    li.dataset.channelId = channel.id;
+    const open = app.view?.channel.id === channel.id;
+    li.classList.toggle("active", open);
+    li.classList.toggle("unread", app.unread.has(channel.id));
+    const name = el("button", "channel-name", channel.name);
+    name.type = "button";
+    if (open) name.setAttribute("aria-current", "true");
+    const del = el("button", "delete-channel", "×");
+    del.type = "button";
+    del.title = "Delete channel";
+    del.setAttribute("aria-label", `Delete channel ${channel.name}`);
+    li.append(name, del);
+    return li;
+  });
+  els.channelList.replaceChildren(...items);
+}
+
+function renderView() {
+  const view = app.view;
+  els.messages.replaceChildren();
+  els.title.textContent = view ? view.channel.name : "No channel open";
+  renderGone();
+  renderOutbox();
+}
+
+function renderGone() {
+  const gone = !app.view || app.view.gone;
+  els.notice.hidden = !app.view?.gone;
+  els.notice.textContent = app.view?.gone ? "This channel was deleted." : "";
+  els.input.disabled = gone;
+  els.composer.querySelector("button").disabled = gone;
+}
+
+function renderOutbox() {
+  const open = app.view?.channel.id;
+  const items = session.outbox
+    .filter((item) => item.channel === open)
+    .map((item) => el("li", "pending", item.body));
+  els.outbox.replaceChildren(...items);
+}
+
+function formatTime(at) {
+  const date = new Date(at);
+  if (Number.isNaN(date.getTime())) return String(at);
+  const time = date.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
+  if (date.toDateString() === new Date().toDateString()) return time;
+  return `${date.toLocaleDateString()} ${time}`;
+}
+
+function renderMessage(msg) {
+  const node = el("article", "message");
+  node.dataset.messageId = msg.id;
+  node.dataset.seq = String(msg.seq);
+  const mine = app.me !== null && msg.sender.id === app.me.id;
+  node.classList.toggle("mine", mine);
+  const head = el("div", "meta");
+  const time = el("time", "time", formatTime(msg.at));
+  time.dateTime = msg.at;
+  time.title = msg.at;
+  head.append(el("span", "sender", msg.sender.name), time);
+  if (mine) {
+    const del = el("button", "delete-message", "Delete");
+    del.type = "button";
+    head.append(del);
+  }
+  node.append(head, el("div", "body", msg.body));
+  return node;
+}
+
+// Keeps what the reader looks at still: older pages must not shove the view
+// down, and new messages follow the bottom only if the reader was there.
+function withScroll(mode, mutate) {
+  const box = els.messages;
+  const fromBottom = box.scrollHeight - box.scrollTop;
+  const atBottom = fromBottom - box.clientHeight < 80;
+  mutate();
+  if (mode === "older") box.scrollTop = box.scrollHeight - fromBottom;
+  else if (mode === "bottom" || atBottom) box.scrollTop = box.scrollHeight;
+}
+
+// History pages, live events and our own send replies arrive in any order;
+// inserting by seq and keying by id makes the result the same either way.
+function insertMessage(msg) {
+  const view = app.view;
+  if (view.nodes.has(msg.id) || view.deleted.has(msg.id)) return;
+  const node = renderMessage(msg);
+  view.nodes.set(msg.id, node);
+  view.oldest = Math.min(view.oldest, msg.seq);
+  let prev = els.messages.lastElementChild;
+  while (prev && Number(prev.dataset.seq) > msg.seq) prev = prev.previousElementSibling;
+  if (prev) prev.after(node);
+  else els.messages.prepend(node);
+}
+
+function removeMessage(id) {
+  const view = app.view;
+  view.deleted.add(id); // a history page fetched before the delete must not revive it
+  view.nodes.get(id)?.remove();
+  view.nodes.delete(id);
+}
+
+async function loadPage(view, older) {
+  if (view.loading || (older && (!view.more || view.oldest === Infinity))) return;
+  view.loading = true;
+  const args = { channel: view.channel.id, limit: HISTORY_PAGE };
+  if (older) args.before = view.oldest;
+  try {
+    const ok = await session.conn.request("history", args);
+    if (view !== app.view) return;
+    view.loaded = true;
+    view.more = Boolean(ok.more);
+    if (ok.messages.length) view.oldest = Math.min(view.oldest, ok.messages[0].seq);
+    withScroll(older ? "older" : "bottom", () => ok.messages.forEach(insertMessage));
+  } finally {
+    view.loading = false;
+  }
+  maybeLoadOlder(); // a short page leaves nothing to scroll, so keep filling
+}
+
+function maybeLoadOlder() {
+  const view = app.view;
+  if (!view || !view.more || view.loading) return;
+  // A hidden or collapsed box always reads scrollTop 0: that is not "at the top".
+  if (els.messages.clientHeight === 0 || els.messages.scrollTop > LOAD_OLDER_PX) return;
+  loadPage(view, true).catch(reportUnlessOffline);
+}
+
+function reportUnlessOffline(err) {
+  if (err.code !== "connection_lost") showError(err);
+}
+
+function openChannel(id) {
+  const channel = app.channels.get(id);
+  if (!channel) return;
+  store.set(CHANNEL_KEY, id);
+  app.unread.delete(id);
+  app.view = newView(channel);
+  renderView();
+  renderChannels();
+  loadPage(app.view, false).catch(reportUnlessOffline);
+}
+
+function addChannel(channel) {
+  app.channels.set(channel.id, { id: channel.id, name: channel.name });
+  renderChannels();
+}
+
+function removeChannel(channel) {
+  if (!app.channels.delete(channel.id)) return;
+  app.unread.delete(channel.id);
+  if (app.view?.channel.id === channel.id) {
+    app.view.gone = true;
+    renderGone();
+  }
+  renderChannels();
+}
+
+const eventHandlers = {
+  "channel.created": (ev) => addChannel(ev.channel),
+  "channel.deleted": (ev) => removeChannel(ev.channel),
+  "message.sent": (ev) => {
+    const msg = { id: ev.message.id, seq: ev.seq, at: ev.at, sender: ev.sender, body: ev.message.body };
+    if (app.view?.channel.id === ev.channel.id) {
+      withScroll("follow", () => insertMessage(msg));
+    } else if (app.channels.has(ev.channel.id)) {
+      app.unread.add(ev.channel.id);
+      renderChannels();
+    }
+  },
+  "message.deleted": (ev) => {
+    if (app.view?.channel.id === ev.channel.id) removeMessage(ev.message.id);
+  },
+};
+
+function applyEvent(ev) {
+  eventHandlers[ev.kind]?.(ev); // unknown kinds are from a newer server: skip
+}
+
+// The open channel is rebuilt from scratch: during a gap it may have lost
+// messages we still show, and no event for that will ever come.
+async function applySnapshot(boot) {
+  showChat(boot.user);
+  app.channels = new Map(boot.channels.map((c) => [c.id, { id: c.id, name: c.name }]));
+  app.unread.clear();
+  const wanted = app.view?.channel.id ?? store.get(CHANNEL_KEY);
+  if (wanted && app.channels.has(wanted)) {
+    app.view = newView(app.channels.get(wanted));
+    renderView();
+    renderChannels();
+    try {
+      await loadPage(app.view, false);
+    } catch (err) {
+      if (err.code === "connection_lost") throw err;
+      showError(err);
+    }
+  } else {
+    if (app.view) app.view.gone = true;
+    renderView();
+    renderChannels();
+  }
+}
+
+// A page request cut off by a disconnect is simply asked for again.
+function onLive() {
+  const view = app.view;
+  if (!view || view.gone) return;
+  if (!view.loaded) loadPage(view, false).catch(reportUnlessOffline);
+  else maybeLoadOlder();
+}
+
+// ---------------------------------------------------------------- actions
+
+async function onLoginSubmit(e) {
+  e.preventDefault();
+  clearError();
+  const button = els.loginForm.querySelector("button");
+  button.disabled = true;
+  try {
+    await session.login(els.loginName.value, els.loginPassword.value);
+    els.loginPassword.value = "";
+  } catch (err) {
+    showError(err);
+  } finally {
+    button.disabled = false;
+  }
+}
+
+async function onNewChannelSubmit(e) {
+  e.preventDefault();
+  clearError();
+  const name = els.newChannelName.value;
+  if (!name.trim()) return;
+  try {
+    const ok = await session.conn.request("create_channel", { name });
+    els.newChannelName.value = "";
+    addChannel(ok.channel);
+    openChannel(ok.channel.id);
+  } catch (err) {
+    showError(err);
+  }
+}
+
+async function onChannelListClick(e) {
+  const button = e.target.closest("button");
+  const li = button?.closest("li[data-channel-id]");
+  if (!li) return;
+  const id = li.dataset.channelId;
+  clearError();
+  if (button.classList.contains("channel-name")) {
+    openChannel(id);
+    return;
+  }
+  if (!button.classList.contains("delete-channel")) return;
+  try {
+    await session.conn.request("delete_channel", { channel: id });
+    removeChannel({ id });
+  } catch (err) {
+    showError(err); // `forbidden` unless we created it
+  }
+}
+
+async function onMessagesClick(e) {
+  const button = e.target.closest("button.delete-message");
+  const node = button?.closest(".message");
+  if (!node) return;
+  const id = node.dataset.messageId;
+  clearError();
+  try {
+    await session.conn.request("delete_message", { message: id });
+    if (app.view) removeMessage(id);
+  } catch (err) {
+    showError(err);
+  }
+}
+
+function onComposerSubmit(e) {
+  e.preventDefault();
+  const view = app.view;
+  const body = els.input.value;
+  if (!view || view.gone || !body.trim()) return;
+  if ([...body].length > BODY_LIMIT) {
+    showError(`Message too long (at most ${BODY_LIMIT} characters).`);
+    return;
+  }
+  clearError();
+  els.input.value = "";
+  session.send(view.channel.id, body);
+}
+
+function onComposerKey(e) {
+  // isComposing: Enter that confirms an IME candidate must not send.
+  if (e.key !== "Enter" || e.shiftKey || e.isComposing) return;
+  e.preventDefault();
+  els.composer.requestSubmit();
+}
+
+// ------------------------------------------------------------------ wiring
+
+const conn = new Connection(wsUrl(), {
+  onOpen: () => session.onOpen(),
+  onClose: () => session.onClose(),
+  onEvent: (ev) => session.onEvent(ev),
+  onStrayError: showError,
+});
+
+const session = new Session(conn, {
+  onState: setConnState,
+  onLoggedIn: showChat,
+  onLoggedOut: showLogin,
+  onSnapshot: applySnapshot,
+  onEvent: applyEvent,
+  onSent: (message, channelId) => {
+    if (app.view?.channel.id === channelId) withScroll("bottom", () => insertMessage(message));
+  },
+  onOutbox: () => renderOutbox(),
+  onLive,
+  onError: showError,
+});
+
+els.loginForm.addEventListener("submit", onLoginSubmit);
+els.logout.addEventListener("click", () => { clearError(); session.logout(); });
+els.newChannelForm.addEventListener("submit", onNewChannelSubmit);
+els.channelList.addEventListener("click", onChannelListClick);
+els.messages.addEventListener("click", onMessagesClick);
+els.messages.addEventListener("scroll", maybeLoadOlder, { passive: true });
+els.composer.addEventListener("submit", onComposerSubmit);
+els.input.addEventListener("keydown", onComposerKey);
+els.error.addEventListener("click", clearError);
+// Skip the rest of a backoff wait when the network or the tab comes back.
+window.addEventListener("online", () => conn.reconnectNow());
+document.addEventListener("visibilitychange", () => {
+  if (document.visibilityState === "visible") conn.reconnectNow();
+});
+
+// Without a saved token the form can be filled in while the socket opens.
+if (!session.token) showLogin();
+setConnState("connecting");
+conn.start();

@@ -1,0 +1,239 @@
+"""The wire format of PROTOCOL.md as msgspec Structs: the one definition that the
+server, the client library and the tests share.
+
+Commands are a tagged union on ``op``; server frames are tagged on ``type``. A
+decoder for commands is built once and reused. New fields only ever get
+defaults, so old peers keep decoding. Field-level rules that msgspec can check
+(types, ``ref`` length, ``limit`` range) live here and produce errors that name
+the path (``$.limit``); rules that need a distinct error code (``too_large``
+for a body or name) live in :mod:`chatd.validate`.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
+
+import msgspec
+from msgspec import Meta, Struct
+
+MAX_SEQ = 2**63 - 1
+
+Ref = Annotated[str, Meta(max_length=64)] | int | None
+Seq = Annotated[int, Meta(ge=0, le=MAX_SEQ)]
+Nonce = Annotated[str, Meta(min_length=1, max_length=64)]
+Limit = Annotated[int, Meta(ge=1, le=500)]
+
+# --------------------------------------------------------------------- commands
+
+
+class Command(Struct, tag_field="op", kw_only=True, omit_defaults=True):
+    ref: Ref = None
+
+
+class Login(Command, tag="login"):
+    name: str
+    password: str
+
+
+class Auth(Command, tag="auth"):
+    token: str
+
+
+class Logout(Command, tag="logout"):
+    pass
+
+
+class Ping(Command, tag="ping"):
+    pass
+
+
+class Boot(Command, tag="boot"):
+    pass
+
+
+class CreateChannel(Command, tag="create_channel"):
+    name: str
+
+
+class DeleteChannel(Command, tag="delete_channel"):
+    channel: str
+
+
+class Send(Command, tag="send"):
+    channel: str
+    body: str
+    nonce: Nonce | None = None
+
+
+class DeleteMessage(Command, tag="delete_message"):
+    message: str
+
+
+class History(Command, tag="history"):
+    channel: str
+    before: Seq | None = None
+    limit: Limit = 100
+
+
+class Subscribe(Command, tag="subscribe"):
+    since: Seq | None = None
+    epoch: str | None = None
+    channels: list[str] | None = None
+
+
+class Unsubscribe(Command, tag="unsubscribe"):
+    pass
+
+
+AnyCommand = (
+    Login
+    | Auth
+    | Logout
+    | Ping
+    | Boot
+    | CreateChannel
+    | DeleteChannel
+    | Send
+    | DeleteMessage
+    | History
+    | Subscribe
+    | Unsubscribe
+)
+
+#: Commands that need a logged-in connection.
+NEEDS_LOGIN: frozenset[type[Command]] = frozenset(
+    {Logout, Boot, CreateChannel, DeleteChannel, Send, DeleteMessage, History, Subscribe,
+     Unsubscribe}
+)
+
+# --------------------------------------------------------------- shared objects
+
+
+class User(Struct):
+    id: str
+    name: str
+
+
+class Channel(Struct):
+    id: str
+    name: str
+
+
+class Message(Struct):
+    id: str
+    seq: int
+    at: str
+    sender: User
+    body: str
+
+
+class MessageRef(Struct):
+    id: str
+
+
+class EventMessage(Struct, omit_defaults=True):
+    """``message`` inside an event: ``{id, body}`` when sent, ``{id}`` when deleted."""
+
+    id: str
+    body: str | None = None
+
+
+# --------------------------------------------------------------- server frames
+
+EventKind = Literal["channel.created", "channel.deleted", "message.sent", "message.deleted"]
+
+
+class Event(Struct, tag_field="type", tag="event", omit_defaults=True):
+    seq: int
+    at: str
+    kind: EventKind
+    channel: Channel
+    sender: User | None = None
+    message: EventMessage | None = None
+
+
+class Error(Struct, tag_field="type", tag="error", omit_defaults=True):
+    # ref has no default so it is always written, as null when unknown.
+    ref: Ref
+    code: str
+    message: str
+    limit: int | None = None
+    retry_after: float | None = None
+    horizon: int | None = None
+    epoch: str | None = None
+
+
+class Ok(Struct, tag_field="type", tag="ok"):
+    """The reply to logout, ping and unsubscribe; the base of the others."""
+
+    ref: Ref
+
+
+class LoginOk(Ok, tag="ok"):
+    user: User
+    token: str
+
+
+class AuthOk(Ok, tag="ok"):
+    user: User
+
+
+class BootOk(Ok, tag="ok"):
+    user: User
+    epoch: str
+    resume_point: int
+    channels: list[Channel]
+
+
+class ChannelOk(Ok, tag="ok"):
+    """The reply to create_channel and delete_channel."""
+
+    channel: Channel
+
+
+class SendOk(Ok, tag="ok"):
+    message: Message
+    channel: Channel
+
+
+class DeleteMessageOk(Ok, tag="ok"):
+    message: MessageRef
+    channel: Channel
+
+
+class HistoryOk(Ok, tag="ok"):
+    messages: list[Message]
+    more: bool
+
+
+class SubscribeOk(Ok, tag="ok"):
+    epoch: str
+    resume_point: int
+
+
+class Head(Struct):
+    """The first look at a server frame: which kind it is and which command it answers."""
+
+    type: str
+    ref: Any = None
+    seq: int | None = None
+
+
+# --------------------------------------------------------------- codecs
+
+command_decoder: msgspec.json.Decoder[AnyCommand] = msgspec.json.Decoder(AnyCommand)
+encoder = msgspec.json.Encoder()
+encode = encoder.encode
+
+
+def format_at(ms: int) -> str:
+    """RFC 3339 UTC with milliseconds: ``2026-11-27T23:03:14.123Z``."""
+    dt = datetime.fromtimestamp(ms // 1000, UTC)
+    return f"{dt:%Y-%m-%dT%H:%M:%S}.{ms % 1000:03d}Z"
+
+
+def parse_at(text: str) -> int:
+    """The inverse of :func:`format_at`, in milliseconds."""
+    dt = datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
+    return int(dt.timestamp() * 1000)

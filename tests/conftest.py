@@ -1,0 +1,37 @@
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+
+import pytest
+
+from .support import Daemon
+
+MakeDaemon = Callable[..., Awaitable[Daemon]]
+
+
+@pytest.fixture
+async def daemon(tmp_path: Path) -> AsyncIterator[Daemon]:
+    """A fresh daemon on an ephemeral port with its own sqlite file."""
+    d = Daemon(tmp_path / "chatd.db")
+    await d.start()
+    try:
+        yield d
+    finally:
+        await d.kill()
+
+
+@pytest.fixture
+async def make_daemon(tmp_path: Path) -> AsyncIterator[MakeDaemon]:
+    """A factory for daemons with extra flags: ``d = await make_daemon("--event-ttl", "1")``."""
+    started: list[Daemon] = []
+
+    async def make(*args: str, db: Path | None = None, env: dict[str, str] | None = None) -> Daemon:
+        d = Daemon(db or tmp_path / f"chatd{len(started)}.db", args, env)
+        await d.start()
+        started.append(d)
+        return d
+
+    yield make
+    for d in started:
+        await d.kill()
