@@ -69,7 +69,6 @@ def add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "Every flag can also be set as an environment variable CHATD_<FLAG> "
         "(e.g. CHATD_DB, CHATD_MAX_FRAME); the command line wins. Durations are "
         "seconds (floats allowed) or a number with s, m, h or d.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     d = DEFAULTS
 
@@ -81,12 +80,20 @@ def add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
             help=f"{text} (env CHATD_{name.upper().replace('-', '_')}; default {_human(default)})",
         )
 
+    def num(flag: str, kind: Callable[[str], Any], default: float, text: str) -> None:
+        name = flag.removeprefix("--")
+        env = "CHATD_" + name.upper().replace("-", "_")
+        p.add_argument(
+            flag, type=kind, metavar="N", default=_env(name, default, kind),
+            help=f"{text} (env {env}; default {default:g})",
+        )
+
     p.add_argument("--db", default=_env("db", d.db),
-                   help="sqlite database file, created if missing (env CHATD_DB)")
+                   help=f"sqlite database file, created if missing (env CHATD_DB; default {d.db})")
     p.add_argument("--host", default=_env("host", d.host),
-                   help="address to listen on (env CHATD_HOST)")
+                   help=f"address to listen on (env CHATD_HOST; default {d.host})")
     p.add_argument("--port", type=int, default=_env("port", d.port, int),
-                   help="TCP port; 0 picks a free one (env CHATD_PORT)")
+                   help=f"TCP port; 0 picks a free one (env CHATD_PORT; default {d.port})")
     dur("--message-ttl", d.message_ttl, "delete messages older than this")
     dur("--channel-ttl", d.channel_ttl, "delete channels with no new message for this long")
     dur("--event-ttl", d.event_ttl, "drop retained events older than this (moves the horizon)")
@@ -94,12 +101,13 @@ def add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument(
         "--open-signup", action=argparse.BooleanOptionalAction,
         default=_env("open_signup", d.open_signup, _bool),
-        help="create unknown users on first login (env CHATD_OPEN_SIGNUP=true|false)",
+        help="create unknown users on first login (env CHATD_OPEN_SIGNUP=true|false; "
+        "default on)",
     )
     p.add_argument("--max-frame", type=_size, metavar="BYTES",
                    default=_env("max_frame", d.max_frame, parse_size),
                    help="largest accepted WebSocket message; larger closes with 1009 "
-                   "(env CHATD_MAX_FRAME)")
+                   f"(env CHATD_MAX_FRAME; default {d.max_frame})")
     p.add_argument(
         "--allow-origin", action="append", metavar="ORIGIN", dest="allow_origin",
         default=None,
@@ -110,16 +118,44 @@ def add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--send-buffer-limit", type=_size, metavar="BYTES",
                    default=_env("send_buffer_limit", d.send_buffer_limit, parse_size),
                    help="unsent bytes per connection before its live events pause and it is "
-                   "caught up from the store (env CHATD_SEND_BUFFER_LIMIT)")
+                   "caught up from the store (env CHATD_SEND_BUFFER_LIMIT; default "
+                   f"{d.send_buffer_limit})")
     dur("--slow-reader-timeout", d.slow_reader_timeout,
         "close a connection with 4000 when its buffer stays full this long")
     dur("--drain-timeout", d.drain_timeout,
         "on SIGTERM/SIGINT, how long in-flight commands may take before exit")
+    p.add_argument(
+        "--rate-limits", action=argparse.BooleanOptionalAction,
+        default=_env("rate_limits", d.rate_limits, _bool),
+        help="per-connection and per-user command rate limits; --no-rate-limits turns them "
+        "off (login throttling stays on) (env CHATD_RATE_LIMITS; default on)",
+    )
+    num("--conn-rate", float, d.conn_rate, "commands per second per connection")
+    num("--conn-burst", float, d.conn_burst,
+        "commands a connection may send at once above its rate")
+    num("--user-rate", float, d.user_rate,
+        "commands per second per user, over all its connections")
+    num("--user-burst", float, d.user_burst, "commands a user may send at once above its rate")
+    num("--login-failures", int, d.login_failures,
+        "failed logins per name within --login-window before logins with that name are "
+        "refused with rate_limited")
+    num("--login-failures-per-address", int, d.login_failures_per_address,
+        "failed logins per client address within --login-window before logins from it "
+        "are refused with rate_limited")
+    dur("--login-window", d.login_window, "the window of --login-failures")
+    num("--max-login-failures-per-conn", int, d.max_login_failures_per_conn,
+        "failed login/auth attempts on one connection before it is closed with 1008")
+    num("--max-connections", int, d.max_connections, "open connections in total (0: no limit)")
+    num("--max-connections-per-address", int, d.max_connections_per_address,
+        "open connections per client address (0: no limit)")
+    dur("--login-timeout", d.login_timeout,
+        "close connections that have not logged in after this long (1008)")
     p.add_argument("--log-level", default=_env("log_level", d.log_level),
                    choices=["debug", "info", "warning", "error"],
-                   help="log level (env CHATD_LOG_LEVEL)")
+                   help="log level (env CHATD_LOG_LEVEL; default info)")
     p.add_argument("--log-format", default=_env("log_format", d.log_format),
-                   choices=["text", "json"], help="log line format (env CHATD_LOG_FORMAT)")
+                   choices=["text", "json"],
+                   help="log line format (env CHATD_LOG_FORMAT; default text)")
     p.add_argument("--scrypt-n", type=int, default=_env("scrypt_n", d.scrypt_n, int),
                    help=argparse.SUPPRESS)
     p.set_defaults(func=run_serve)
@@ -145,6 +181,18 @@ def config_from_args(args: argparse.Namespace) -> Config:
         send_buffer_limit=args.send_buffer_limit,
         slow_reader_timeout=args.slow_reader_timeout,
         drain_timeout=args.drain_timeout,
+        rate_limits=args.rate_limits,
+        conn_rate=args.conn_rate,
+        conn_burst=args.conn_burst,
+        user_rate=args.user_rate,
+        user_burst=args.user_burst,
+        login_failures=args.login_failures,
+        login_failures_per_address=args.login_failures_per_address,
+        login_window=args.login_window,
+        max_login_failures_per_conn=args.max_login_failures_per_conn,
+        max_connections=args.max_connections,
+        max_connections_per_address=args.max_connections_per_address,
+        login_timeout=args.login_timeout,
         log_level=args.log_level,
         log_format=args.log_format,
         scrypt_n=args.scrypt_n,

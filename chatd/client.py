@@ -44,7 +44,15 @@ import logging
 import random
 import secrets
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Coroutine,
+    Iterable,
+    Iterator,
+    Sequence,
+)
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
 
@@ -342,6 +350,7 @@ class Client:
         self._task: asyncio.Task[None] | None = None
         self._first: asyncio.Future[None] | None = None
         self._background: set[asyncio.Task[Any]] = set()
+        self._unsubscribing: asyncio.Task[None] | None = None
 
     # ---------------------------------------------------------------- lifecycle
 
@@ -361,6 +370,8 @@ class Client:
         if self._task is not None:
             raise ClientError("connect() was already called")
         self._first = asyncio.get_running_loop().create_future()
+        # Retrieve the outcome even when nobody waits for it any more.
+        self._first.add_done_callback(lambda f: f.cancelled() or f.exception())
         self._task = asyncio.create_task(self._run(), name=f"chatd client {self.url}")
         try:
             await asyncio.wait_for(asyncio.shield(self._first), self._connect_timeout)
@@ -473,6 +484,11 @@ class Client:
         self._check_open()
         if self._sub is not None:
             raise ClientError("this client already has an events() stream")
+        if self._unsubscribing is not None:
+            # Not written yet (it writes in its first step): it must not land
+            # after the subscribe below and end the new stream.
+            self._unsubscribing.cancel()
+            self._unsubscribing = None
         sub = _Subscription(
             StreamPosition(epoch=epoch, seq=since),
             list(channels) if channels else None,
@@ -485,7 +501,7 @@ class Client:
                 if gap is not None:
                     if on_gap == "raise":
                         raise gap
-                    boot = await self.boot()
+                    boot = await self._patiently(self.boot)
                     sub.pos.reset(boot)
                     yield Reset(boot=boot, gap=gap)
                     gap = await self._subscribe(sub)
@@ -505,7 +521,16 @@ class Client:
                 self._sub = None
                 sub.live = sub.active = False
                 if self._ready and not self._closed:
-                    self._spawn(self._unsubscribe())
+                    self._unsubscribing = self._spawn(self._unsubscribe())
+
+    async def _patiently(self, call: Callable[[], Awaitable[T]]) -> T:
+        """Repeat an idempotent call past ``CommandTimeout``: a stream has no
+        deadline, only the reconnect policy decides when to give up."""
+        while True:
+            try:
+                return await call()
+            except CommandTimeout as exc:
+                log.info("%s; trying again", exc)
 
     async def _subscribe(self, sub: _Subscription) -> ResumeGap | None:
         def on_ok(ok: wire.SubscribeOk) -> None:
@@ -513,16 +538,19 @@ class Client:
                 sub.pos.subscribed(ok)
                 sub.live = sub.active = True
 
-        try:
+        def call() -> Awaitable[wire.SubscribeOk]:
             # Built when written, not now: a subscribe repeated after a reconnect
             # must start from the position reached by then.
-            await self._call(
+            return self._call(
                 "subscribe",
                 lambda: sub.pos.subscribe(sub.channels),
                 wire.SubscribeOk,
                 idempotent=True,
                 on_ok=on_ok,
             )
+
+        try:
+            await self._patiently(call)
         except ResumeGap as gap:
             return gap
         return None
@@ -593,10 +621,11 @@ class Client:
         loop = asyncio.get_running_loop()
         loop.call_later(delay, lambda: self._spawn(self._submit(entry)))
 
-    def _spawn(self, coro: Any) -> None:
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         task = asyncio.ensure_future(coro)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
+        return task
 
     # ---------------------------------------------------------------- connection task
 
@@ -635,12 +664,14 @@ class Client:
         try:
             conn = await connect(self.url, **self._connect_options)
         except Exception as exc:
-            return self._failed(exc, ConnectFailed(f"cannot connect to {self.url}: {exc}"))
+            self._failed(exc, ConnectFailed(f"cannot connect to {self.url}: {exc}"))
+            return None
         try:
             await self._handshake(conn)
         except Exception as exc:
             await _close_quietly(conn)
-            return self._failed(exc, exc)
+            self._failed(exc, exc)
+            return None
         return conn
 
     def _failed(self, exc: Exception, fatal: Exception) -> None:
@@ -651,7 +682,6 @@ class Client:
             if fatal is not exc:
                 fatal.__cause__ = exc
             self._fatal(fatal)
-        return None
 
     async def _handshake(self, conn: ClientConnection) -> None:
         if self._token is not None:
@@ -689,13 +719,17 @@ class Client:
         async with asyncio.timeout(self._timeout):
             while True:
                 raw = await conn.recv()
-                head = msgspec.json.decode(raw, type=wire.Head)
-                if head.type == "event" or head.ref != ref:
-                    log.warning("unexpected frame during login: %r", raw[:200])
-                    continue
-                if head.type == "error":
-                    raise _decode_error(raw)
-                return msgspec.json.decode(raw, type=reply_type)
+                try:
+                    head = msgspec.json.decode(raw, type=wire.Head)
+                    if head.type == "event" or head.ref != ref:
+                        log.warning("unexpected frame during login: %r", raw[:200])
+                        continue
+                    if head.type == "error":
+                        raise _decode_error(raw)
+                    return msgspec.json.decode(raw, type=reply_type)
+                except msgspec.MsgspecError as exc:
+                    op = type(cmd).__name__
+                    raise ClientError(f"malformed reply to {op}: {exc}") from exc
 
     async def _session(self, conn: ClientConnection) -> None:
         self._conn = conn

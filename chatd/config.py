@@ -73,6 +73,28 @@ class Config:
     #: consecutive bad_request frames before the server closes with 1008.
     max_bad_frames: int = 20
 
+    # abuse limits (docs/security.md lists each with its test)
+    #: command rate limits on or off; login throttling stays on either way.
+    rate_limits: bool = True
+    #: commands per second per connection, and the burst above that rate.
+    conn_rate: float = 500.0
+    conn_burst: float = 1000.0
+    #: commands per second per user over all of its connections, and the burst.
+    user_rate: float = 1000.0
+    user_burst: float = 2000.0
+    #: failed logins per name, and per client address, within login_window before
+    #: further logins are refused with rate_limited.
+    login_failures: int = 10
+    login_failures_per_address: int = 50
+    login_window: float = 60.0
+    #: failed login/auth attempts on one connection before it is closed with 1008.
+    max_login_failures_per_conn: int = 10
+    #: open connections in total and per client address (0: no limit).
+    max_connections: int = 10_000
+    max_connections_per_address: int = 1000
+    #: a connection that has not logged in after this long is closed with 1008.
+    login_timeout: float = 30.0
+
     # shutdown
     drain_timeout: float = 10.0
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -34,11 +35,13 @@ from .exceptions import (
     BadRequest,
     InternalError,
     ProtocolError,
+    RateLimited,
     ResumeGap,
     Unauthorized,
     Unavailable,
 )
 from .fanout import CLOSE_TOO_SLOW, Subscription, buffered, write
+from .limits import TokenBucket
 from .store import (
     CreateChannel,
     CreateUser,
@@ -63,9 +66,14 @@ CLOSE_POLICY = 1008
 
 
 class Session:
-    def __init__(self, app: App, conn: ServerConnection) -> None:
+    def __init__(self, app: App, conn: ServerConnection, address: str = "?") -> None:
         self.app = app
         self.conn = conn
+        self.address = address
+        cfg = app.config
+        self._bucket = TokenBucket.full(cfg.conn_rate, cfg.conn_burst, app.clock())
+        self._auth_failures = 0
+        self._ever_logged_in = False
         self.user: wire.User | None = None
         self.token_hash: bytes | None = None
         self.sub: Subscription | None = None
@@ -90,6 +98,7 @@ class Session:
 
     async def run(self) -> None:
         cfg = self.app.config
+        timer = asyncio.get_running_loop().call_later(cfg.login_timeout, self._login_timeout)
         try:
             async for data in self.conn:
                 cmd = self._decode(data)
@@ -98,11 +107,16 @@ class Session:
                         await self.conn.close(CLOSE_POLICY, "too many bad frames")
                         return
                     continue
+                if cfg.rate_limits and self._limited(cmd):
+                    continue
                 if isinstance(cmd, BARRIERS):
                     await self._settle()
                     frame = await self._reply(cmd)
                     if frame is not None:
                         write(self.conn, frame)
+                    if self._auth_failures >= cfg.max_login_failures_per_conn:
+                        await self.conn.close(CLOSE_POLICY, "too many failed logins")
+                        return
                 else:
                     task = asyncio.create_task(self._reply(cmd))
                     task.add_done_callback(self._flush)
@@ -115,7 +129,34 @@ class Session:
         except ConnectionClosed:
             pass
         finally:
+            timer.cancel()
             self._end()
+
+    def _login_timeout(self) -> None:
+        if not self._ever_logged_in:
+            self.app.hub.close_later(self.conn, CLOSE_POLICY, "no login within the timeout")
+
+    def _limited(self, cmd: wire.Command) -> bool:
+        """Apply the command rate limits; True after replying rate_limited."""
+        wait = self._bucket.take(self.app.clock())
+        if not wait and self.user is not None:
+            wait = self.app.user_buckets.take(self.user.id)
+        if not wait:
+            return False
+        retry_after = math.ceil(wait * 1000) / 1000
+        op = type(cmd).__struct_config__.tag
+        self.app.metrics.commands.labels(str(op), RateLimited.code).inc()
+        self._slots.append(
+            wire.encode(
+                wire.Error(
+                    cmd.ref, RateLimited.code,
+                    f"{op}: over the command rate limit; retry after {retry_after} s",
+                    retry_after=retry_after,
+                )
+            )
+        )
+        self._flush()
+        return True
 
     def _decode(self, data: str | bytes) -> wire.Command | None:
         """The command in ``data``, or None after replying ``bad_request``."""
@@ -220,9 +261,16 @@ class Session:
         app = self.app
         name, key = validate.name("name", cmd.name)
         password = validate.password(cmd.password)
+        wait = max(app.name_throttle.wait(key), app.address_throttle.wait(self.address))
+        if wait:
+            raise RateLimited(
+                "name: too many failed logins; retry later",
+                retry_after=math.ceil(wait * 1000) / 1000,
+            )
         user = await app.store.user_by_name(key)
         if user is None:
             if not app.config.open_signup:
+                self._failed_login(key)
                 raise Unauthorized("name: no such user, and sign-up is closed")
             pw_hash = await asyncio.to_thread(crypto.hash_password, password, n=app.config.scrypt_n)
             user = await app.writer.submit(CreateUser(name, key, pw_hash))
@@ -230,8 +278,15 @@ class Session:
             if user.created:
                 return await self._logged_in(cmd.ref, user)
         if not await asyncio.to_thread(crypto.verify_password, password, user.pw_hash):
+            self._failed_login(key)
             raise Unauthorized("password: wrong name or password")
         return await self._logged_in(cmd.ref, user)
+
+    def _failed_login(self, key: str | None) -> None:
+        self._auth_failures += 1
+        self.app.address_throttle.take(self.address)
+        if key is not None:
+            self.app.name_throttle.take(key)
 
     async def _logged_in(self, ref: wire.Ref, user: StoredUser) -> wire.LoginOk:
         token = crypto.new_token()
@@ -239,6 +294,7 @@ class Session:
         expires = int((self.app.clock() + self.app.config.token_ttl) * 1000)
         await self.app.writer.submit(IssueToken(user.id, token_hash, expires))
         self.user, self.token_hash = wire.User(user.id, user.name), token_hash
+        self._ever_logged_in = True
         return wire.LoginOk(ref, self.user, token)
 
     async def _auth(self, cmd: wire.Auth) -> wire.AuthOk:
@@ -246,8 +302,10 @@ class Session:
         token_hash = crypto.token_hash(token)
         user = await self.app.store.user_by_token(token_hash, int(self.app.clock() * 1000))
         if user is None:
+            self._failed_login(None)
             raise Unauthorized("token: unknown or expired")
         self.user, self.token_hash = user, token_hash
+        self._ever_logged_in = True
         return wire.AuthOk(cmd.ref, user)
 
     async def _logout(self, cmd: wire.Logout) -> wire.Ok:

@@ -24,9 +24,10 @@ from websockets.http11 import Request, Response
 
 from . import __version__
 from .config import Config
-from .connection import Session
+from .connection import CLOSE_POLICY, Session
 from .expiry import run_expiry
 from .fanout import Hub
+from .limits import Buckets, ConnectionCounter
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .metrics import Metrics
 from .sqlite_store import SqliteStore
@@ -54,6 +55,19 @@ class App:
     sessions: set[Session] = field(default_factory=set)
 
     def __post_init__(self) -> None:
+        cfg = self.config
+        self.user_buckets = Buckets(cfg.user_rate, cfg.user_burst, self.clock)
+        self.name_throttle = Buckets(
+            cfg.login_failures / cfg.login_window, cfg.login_failures, self.clock
+        )
+        self.address_throttle = Buckets(
+            cfg.login_failures_per_address / cfg.login_window,
+            cfg.login_failures_per_address,
+            self.clock,
+        )
+        self.connections = ConnectionCounter(
+            cfg.max_connections, cfg.max_connections_per_address
+        )
         self.hub = Hub(
             0,
             self.store.read_events,
@@ -85,14 +99,21 @@ class App:
         self.writer.start()
 
     async def handle(self, conn: ServerConnection) -> None:
-        session = Session(self, conn)
+        peer = _peer(conn)
+        address = _address(conn)
+        refused = self.connections.add(address)
+        if refused is not None:
+            log.warning("refused %s: %s", peer, refused, extra={"event": "refused", "peer": peer})
+            await conn.close(CLOSE_POLICY, refused)
+            return
+        session = Session(self, conn, address)
         self.sessions.add(session)
         self.metrics.connections.inc()
-        peer = _peer(conn)
         log.info("open %s", peer, extra={"event": "open", "peer": peer})
         try:
             await session.run()
         finally:
+            self.connections.remove(address)
             self.sessions.discard(session)
             self.metrics.connections.dec()
             user = session.user.name if session.user else None
@@ -112,6 +133,11 @@ class App:
             host = request.headers.get("Host")
             if origin is not None and not self.origin_allowed(origin, host):
                 return _response(HTTPStatus.FORBIDDEN, b"origin not allowed\n")
+            if self.draining:
+                return _response(HTTPStatus.SERVICE_UNAVAILABLE, b"shutting down\n")
+            refused = self.connections.refusal(_address(conn))
+            if refused is not None:
+                return _response(HTTPStatus.SERVICE_UNAVAILABLE, refused.encode() + b"\n")
             return None
         if path == "/healthz":
             if self.ready and not self.draining:
@@ -140,6 +166,11 @@ class App:
         if not allowed:
             allowed = (f"http://{host}", f"https://{host}") if host else ()
         return "*" in allowed or origin.rstrip("/") in {o.rstrip("/") for o in allowed}
+
+
+def _address(conn: ServerConnection) -> str:
+    addr = conn.remote_address
+    return str(addr[0]) if addr else "?"
 
 
 def _peer(conn: ServerConnection) -> str:
