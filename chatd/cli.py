@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import sys
+import textwrap
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -61,7 +62,9 @@ def _human(seconds: float) -> str:
     return f"{seconds:g}s"
 
 
-def add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def add_serve(
+    sub: argparse._SubParsersAction[argparse.ArgumentParser],
+) -> argparse.ArgumentParser:
     p = sub.add_parser(
         "serve",
         help="run the chat daemon",
@@ -159,6 +162,7 @@ def add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--scrypt-n", type=int, default=_env("scrypt_n", d.scrypt_n, int),
                    help=argparse.SUPPRESS)
     p.set_defaults(func=run_serve)
+    return p
 
 
 def config_from_args(args: argparse.Namespace) -> Config:
@@ -267,11 +271,19 @@ def build_parser() -> argparse.ArgumentParser:
         prog="chatd",
         description="chatd: a self-hosted realtime chat daemon. "
         "`chatd serve` runs it; the other commands are a client for it.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"chatd {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    add_serve(sub)
+    serve = add_serve(sub)
     clientcli.register(sub)
+    flags = [f for a in serve._actions if a.option_strings and a.help != argparse.SUPPRESS
+             for f in a.option_strings if f not in ("-h", "--help")]
+    parser.epilog = textwrap.fill(
+        "flags of `chatd serve` (each also from env CHATD_<FLAG>; `chatd serve --help` "
+        "explains each): " + " ".join(flags),
+        width=78, break_on_hyphens=False, break_long_words=False,
+    )
     return parser
 
 

@@ -346,6 +346,7 @@ class Client:
         self._closed = False
         self._fatal_error: BaseException | None = None
         self._last_error: BaseException | None = None
+        self._ever_connected = False
         self._sub: _Subscription | None = None
         self._task: asyncio.Task[None] | None = None
         self._first: asyncio.Future[None] | None = None
@@ -638,10 +639,10 @@ class Client:
                     try:
                         delay = next(delays)
                     except StopIteration:
+                        what = "reconnecting to" if self._ever_connected else "connecting to"
                         self._fatal(
                             ConnectFailed(
-                                f"gave up reconnecting to {self.url}: "
-                                f"{_describe(self._last_error)}"
+                                f"gave up {what} {self.url}: {_describe(self._last_error)}"
                             )
                         )
                         return
@@ -654,6 +655,7 @@ class Client:
                 if conn is None:
                     continue
                 delays = iter(self._delays())
+                self._ever_connected = True
                 await self._session(conn)
         except Exception as exc:  # a bug here must not leave callers hanging
             log.exception("chatd client task failed")

@@ -21,7 +21,7 @@ import logging
 import os
 import sys
 import unicodedata
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
 from functools import partial
 from pathlib import Path
 from typing import Any, TextIO
@@ -215,7 +215,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 def _run(
     args: argparse.Namespace,
-    body: Callable[[argparse.Namespace], Awaitable[int]],
+    body: Callable[[argparse.Namespace], Coroutine[Any, Any, int]],
     *,
     interrupted: int = 130,
 ) -> int:

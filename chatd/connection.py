@@ -103,9 +103,6 @@ class Session:
             async for data in self.conn:
                 cmd = self._decode(data)
                 if cmd is None:
-                    if self._bad_frames >= cfg.max_bad_frames:
-                        await self.conn.close(CLOSE_POLICY, "too many bad frames")
-                        return
                     continue
                 if cfg.rate_limits and self._limited(cmd):
                     continue
@@ -174,10 +171,19 @@ class Session:
         return cmd
 
     def _bad(self, ref: wire.Ref, message: str) -> None:
-        self._bad_frames += 1
         self.app.metrics.commands.labels("?", "bad_request").inc()
         self._slots.append(wire.encode(wire.Error(ref, BadRequest.code, message)))
         self._flush()
+        self._count_frame(bad=True)
+
+    def _count_frame(self, *, bad: bool) -> None:
+        """Close with 1008 after max_bad_frames bad_request frames in a row."""
+        if not bad:
+            self._bad_frames = 0
+            return
+        self._bad_frames += 1
+        if self._bad_frames == self.app.config.max_bad_frames:
+            self.app.hub.close_later(self.conn, CLOSE_POLICY, "too many bad frames")
 
     async def _reply(self, cmd: wire.Command) -> bytes | None:
         """Run one command; its reply frame, ok or error. Never raises."""
@@ -190,14 +196,14 @@ class Session:
                 raise Unauthorized(f"{op}: log in first (login or auth)")
             reply = await self._handlers[type(cmd)](cmd)
         except ProtocolError as exc:
-            self._bad_frames = self._bad_frames + 1 if isinstance(exc, BadRequest) else 0
+            self._count_frame(bad=isinstance(exc, BadRequest))
             self.app.metrics.commands.labels(op, exc.code).inc()
             return wire.encode(wire.Error(cmd.ref, exc.code, exc.message, **exc.details))
         except Exception:
             log.exception("internal error in %s", op)
             self.app.metrics.commands.labels(op, "internal").inc()
             return wire.encode(wire.Error(cmd.ref, InternalError.code, "internal error"))
-        self._bad_frames = 0
+        self._count_frame(bad=False)
         self.app.metrics.commands.labels(op, "ok").inc()
         if isinstance(cmd, wire.Send):
             self.app.metrics.send_latency.observe(time.perf_counter() - started)

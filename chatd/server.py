@@ -256,26 +256,26 @@ async def serve(
 
 
 async def _drain(app: App, server: Server, expiry: asyncio.Task[None]) -> None:
-    """Stop accepting, finish in-flight commands, commit, close clients with 1001."""
+    """Finish what was started, then close.
+
+    The listener stays open while draining so that load balancers can read
+    ``/healthz`` (503 now); WebSocket handshakes get 503 and commands on open
+    connections get ``unavailable``. In-flight commands finish (up to
+    ``drain_timeout``), the writer commits everything pending, and only then are
+    clients closed with 1001, so every ok that was sent is durable.
+    """
     log.info("draining")
     app.draining = True
     expiry.cancel()
-    server.close(close_connections=False)  # stop listening; open connections stay
     deadline = time.monotonic() + app.config.drain_timeout
     inflight = [t for s in app.sessions for t in s.tasks()]
     if inflight:
         await asyncio.wait(inflight, timeout=app.config.drain_timeout)
     await app.writer.close()
-    closing = [
-        asyncio.create_task(s.conn.close(CLOSE_GOING_AWAY, "server shutting down"))
-        for s in list(app.sessions)
-    ]
+    server.close(close_connections=True, code=CLOSE_GOING_AWAY, reason="server shutting down")
     try:
-        remaining = max(0.5, deadline - time.monotonic())
-        await asyncio.wait_for(server.wait_closed(), remaining)
+        await asyncio.wait_for(server.wait_closed(), max(1.0, deadline - time.monotonic()))
     except TimeoutError:
         log.warning("some connections did not close in time")
-    for task in closing:
-        task.cancel()
     await app.store.close()
     log.info("stopped")

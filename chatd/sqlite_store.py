@@ -19,7 +19,7 @@ import logging
 import sqlite3
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -129,6 +129,7 @@ class SqliteStore:
         self._last_at = 0
         self._pool: asyncio.Queue[aiosqlite.Connection] = asyncio.Queue()
         self._readers: list[aiosqlite.Connection] = []
+        self._dirty: set[aiosqlite.Connection] = set()
         # Used on the writer thread only.
         self._encoder = msgspec.json.Encoder()
 
@@ -415,10 +416,25 @@ class SqliteStore:
 
     @asynccontextmanager
     async def _reader(self) -> AsyncIterator[aiosqlite.Connection]:
+        """A pooled read connection.
+
+        A reader that was cancelled mid-statement (its client went away) may
+        have left a transaction open: the statement still runs on the
+        connection's thread after the await is gone. Such a connection is marked
+        and rolled back before its next use.
+        """
         conn = await self._pool.get()
+        clean = False
         try:
+            if conn in self._dirty:
+                with suppress(sqlite3.OperationalError):
+                    await conn.execute("ROLLBACK")
+                self._dirty.discard(conn)
             yield conn
+            clean = True
         finally:
+            if not clean:
+                self._dirty.add(conn)
             self._pool.put_nowait(conn)
 
     @asynccontextmanager

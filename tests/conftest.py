@@ -19,6 +19,7 @@ async def daemon(tmp_path: Path) -> AsyncIterator[Daemon]:
         yield d
     finally:
         await d.kill()
+        _show_tracebacks(d)
 
 
 @pytest.fixture
@@ -35,3 +36,10 @@ async def make_daemon(tmp_path: Path) -> AsyncIterator[MakeDaemon]:
     yield make
     for d in started:
         await d.kill()
+        _show_tracebacks(d)
+
+
+def _show_tracebacks(d: Daemon) -> None:
+    """Print the daemon's log when it logged a traceback (pytest shows it on failure)."""
+    if any("Traceback" in line for line in d.log):
+        print("".join(d.log))
