@@ -45,7 +45,7 @@ import random
 import secrets
 from collections import deque
 from collections.abc import (
-    AsyncIterator,
+    AsyncGenerator,
     Awaitable,
     Callable,
     Coroutine,
@@ -72,6 +72,7 @@ from .exceptions import (
     ClientError,
     CommandTimeout,
     ConnectFailed,
+    ConnectionLost,
     InternalError,
     ProtocolError,
     RateLimited,
@@ -105,11 +106,6 @@ MAX_REPLY_BYTES = 64 * 2**20
 _NO_RESEND_CODES = frozenset({1008, 1009})
 
 T = TypeVar("T", bound=wire.Ok)
-
-
-class ConnectionLost(ClientError):
-    """The connection dropped after a non-idempotent command was written and before
-    its reply: it may or may not have taken effect."""
 
 
 # ------------------------------------------------------------------ pure pieces
@@ -295,8 +291,9 @@ class Client:
     up when the server allows it) or a ``token`` from an earlier login (``auth``).
     With both, an expired token falls back to the password.
 
-    ``timeout`` bounds every command, reconnects included; ``connect_timeout``
-    (default: ``timeout``) bounds the first connection made by ``async with``.
+    ``timeout`` bounds every command, reconnects included. ``connect_timeout``
+    (default: ``timeout``) bounds the first connection made by ``async with``,
+    and each step of every connection attempt (handshake, login, resubscribe).
     ``reconnect_delays`` is a factory of delay iterables, called afresh for each
     outage (default :func:`backoff`: unbounded attempts, delays capped at 10 s);
     when an iterable runs out the client gives up with ``ConnectFailed``.
@@ -331,7 +328,7 @@ class Client:
         self._delays = reconnect_delays
         self._max_queued = max(1, max_queued_events)
         self._connect_options: dict[str, Any] = {
-            "open_timeout": timeout,
+            "open_timeout": self._connect_timeout,
             "close_timeout": min(timeout, 2.0),
             "max_size": MAX_REPLY_BYTES,
             **connect_options,
@@ -470,7 +467,7 @@ class Client:
         epoch: str | None = None,
         channels: Sequence[str] | None = None,
         on_gap: Literal["reset", "raise"] = "reset",
-    ) -> AsyncIterator[wire.Event | Reset]:
+    ) -> AsyncGenerator[wire.Event | Reset, None]:
         """Every event after ``since`` (default: from now), exactly once, in seq order.
 
         Pass the ``epoch`` that ``since`` belongs to, so that a replaced database
@@ -480,7 +477,8 @@ class Client:
         :class:`~chatd.exceptions.ResumeGap` is raised. One stream per client.
 
         Ends with ``ClientClosed`` when the client is closed, or with the error
-        that made it give up (``ConnectFailed``, ``Unauthorized``).
+        that made it give up (``ConnectFailed``, ``Unauthorized``). Leaving the
+        loop early ends the subscription; ``aclose()`` does it at once.
         """
         self._check_open()
         if self._sub is not None:
@@ -655,6 +653,8 @@ class Client:
                 if conn is None:
                     continue
                 delays = iter(self._delays())
+                if self._ever_connected:
+                    log.info("reconnected to %s", self.url)
                 self._ever_connected = True
                 await self._session(conn)
         except Exception as exc:  # a bug here must not leave callers hanging
@@ -718,7 +718,7 @@ class Client:
         is in flight and no subscription is active, so the next reply is ours."""
         ref = next(self._refs)
         await conn.send(wire.encode(msgspec.structs.replace(cmd, ref=ref)), text=True)
-        async with asyncio.timeout(self._timeout):
+        async with asyncio.timeout(self._connect_timeout):
             while True:
                 raw = await conn.recv()
                 try:
@@ -772,7 +772,8 @@ class Client:
         if self._closed:
             return
         code = conn.close_code
-        log.info("connection to %s closed (code %s %s)", self.url, code, conn.close_reason or "")
+        reason = f" {conn.close_reason}" if conn.close_reason else ""
+        log.info("connection to %s closed (code %s%s)", self.url, code, reason)
         again: list[_Pending] = []
         for entry in inflight.values():
             if entry.future.done():
@@ -830,7 +831,10 @@ class Client:
         try:
             event = msgspec.json.decode(raw, type=wire.Event)
         except msgspec.MsgspecError as exc:
+            # Skipping it would break "every event"; end the stream loudly instead.
             log.error("malformed event from server (%s): %r", exc, raw[:200])
+            sub.live = sub.active = False
+            sub.queue.put_nowait(_Stop(ClientError(f"undecodable event from server: {exc}")))
             return
         if not sub.pos.accept(event):
             return

@@ -220,7 +220,8 @@ def _run(
     interrupted: int = 130,
 ) -> int:
     if args.verbose:
-        logging.basicConfig(level=logging.INFO, format="chatd: %(message)s", stream=sys.stderr)
+        logging.basicConfig(format="chatd: %(message)s", stream=sys.stderr)
+        logging.getLogger("chatd.client").setLevel(logging.INFO)
     else:
         # The command prints its own one-line error; the client's log would repeat it.
         logging.getLogger("chatd.client").setLevel(logging.CRITICAL)
@@ -278,18 +279,23 @@ def _read_password(args: argparse.Namespace) -> str:
         # Only the line end a shell or `echo` adds; other white space may be meant.
         password = password.removesuffix("\n").removesuffix("\r")
     else:
-        password = getpass.getpass(f"password for {args.name}: ")
+        try:
+            password = getpass.getpass(f"password for {args.name}: ")
+        except EOFError:
+            raise CliError("no password given (use --password-stdin to pipe it)") from None
     if not password:
         raise CliError("empty password")
     return password
 
 
 def cmd_login(args: argparse.Namespace) -> int:
+    return _run(args, _login)
+
+
+async def _login(args: argparse.Namespace) -> int:
+    # Read before connecting, so that a slow typist does not hold a connection;
+    # blocking is fine here, nothing else runs yet.
     password = _read_password(args)
-    return _run(args, partial(_login, password=password))
-
-
-async def _login(args: argparse.Namespace, password: str) -> int:
     client = Client(
         args.url, name=args.name, password=password, timeout=args.timeout,
         reconnect_delays=ONE_SHOT_DELAYS,

@@ -17,7 +17,9 @@ The tree::
     └── ClientError              raised by chatd.client only
         ├── ClientClosed         the client was closed while the call waited
         ├── CommandTimeout       no reply within the call's timeout
-        └── ConnectFailed        could not (re)connect within the retry policy
+        ├── ConnectFailed        could not (re)connect within the retry policy
+        └── ConnectionLost       dropped after a non-idempotent command was sent,
+                                 before its reply: it may or may not have happened
 
 The server raises ProtocolError subclasses from its handlers and turns them into
 error frames; the client turns error frames back into the same classes, so one
@@ -123,6 +125,11 @@ class CommandTimeout(ClientError):
 
 class ConnectFailed(ClientError):
     pass
+
+
+class ConnectionLost(ClientError):
+    """The connection dropped after a non-idempotent command was written and before
+    its reply: it may or may not have taken effect."""
 
 
 ERRORS_BY_CODE: dict[str, type[ProtocolError]] = {

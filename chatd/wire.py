@@ -147,7 +147,8 @@ EventKind = Literal["channel.created", "channel.deleted", "message.sent", "messa
 class Event(Struct, tag_field="type", tag="event", omit_defaults=True):
     seq: int
     at: str
-    kind: EventKind
+    # str, not EventKind: a client must still decode kinds added in later versions.
+    kind: str
     channel: Channel
     sender: User | None = None
     message: EventMessage | None = None
