@@ -23,7 +23,8 @@ import logging
 import math
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -73,6 +74,7 @@ class Session:
         cfg = app.config
         self._bucket = TokenBucket.full(cfg.conn_rate, cfg.conn_burst, app.clock())
         self._auth_failures = 0
+        self._reads = asyncio.Lock()
         self._ever_logged_in = False
         self.user: wire.User | None = None
         self.token_hash: bytes | None = None
@@ -315,17 +317,37 @@ class Session:
         return wire.AuthOk(cmd.ref, user)
 
     async def _logout(self, cmd: wire.Logout) -> wire.Ok:
-        if self.token_hash is not None:
-            await self.app.writer.submit(RevokeToken(self.token_hash))
+        token_hash = self.token_hash
+        if token_hash is not None:
+            await self.app.writer.submit(RevokeToken(token_hash))
+            # The token is over: so is every other connection logged in with it.
+            for other in list(self.app.sessions):
+                if other is not self and other.token_hash == token_hash:
+                    other.log_out()
+        self.log_out()
+        return wire.Ok(cmd.ref)
+
+    def log_out(self) -> None:
         self._stop_subscription()
         self.user = self.token_hash = None
-        return wire.Ok(cmd.ref)
 
     async def _ping(self, cmd: wire.Ping) -> wire.Ok:
         return wire.Ok(cmd.ref)
 
+    @asynccontextmanager
+    async def _read_slot(self) -> AsyncIterator[None]:
+        """Reads of one connection run one at a time, each once the replies before it
+        have drained below the buffer limit: a client that pipelines large reads and
+        does not read the replies holds at most one reply beyond the limit."""
+        async with self._reads:
+            await asyncio.sleep(0)  # let the previous read's reply be written first
+            if buffered(self.conn) > self.app.config.send_buffer_limit:
+                await self._wait_for_reader()
+            yield
+
     async def _boot(self, cmd: wire.Boot) -> wire.BootOk:
-        resume_point, channels = await self.app.store.boot()
+        async with self._read_slot():
+            resume_point, channels = await self.app.store.boot()
         return wire.BootOk(cmd.ref, self._me(), self.app.store.epoch, resume_point, channels)
 
     async def _create_channel(self, cmd: wire.CreateChannel) -> wire.ChannelOk:
@@ -354,7 +376,8 @@ class Session:
 
     async def _history(self, cmd: wire.History) -> wire.HistoryOk:
         channel_id = validate.text("channel", cmd.channel)
-        messages, more = await self.app.store.history(channel_id, cmd.before, cmd.limit)
+        async with self._read_slot():
+            messages, more = await self.app.store.history(channel_id, cmd.before, cmd.limit)
         return wire.HistoryOk(cmd.ref, messages, more)
 
     async def _subscribe(self, cmd: wire.Subscribe) -> None:

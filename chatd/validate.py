@@ -36,10 +36,19 @@ def name(field: str, value: str) -> tuple[str, str]:
         raise BadRequest(f"{field}: must not be empty")
     if len(shown) > NAME_MAX:
         raise TooLarge(f"{field}: longer than {NAME_MAX} characters", limit=NAME_MAX)
-    # Format characters (Cf) stay allowed: emoji sequences need the zero-width joiner.
-    if any(unicodedata.category(ch) in ("Cc", "Zl", "Zp") for ch in shown):
-        raise BadRequest(f"{field}: contains control characters")
+    if any(_is_control(ch) for ch in shown):
+        raise BadRequest(f"{field}: contains control or invisible formatting characters")
     return shown, name_key(shown)
+
+
+# Emoji sequences need the zero-width (non-)joiner; every other format character
+# (bidi overrides, zero-width space, ...) only serves to make look-alike names.
+_ALLOWED_FORMAT = frozenset("\u200c\u200d")
+
+
+def _is_control(ch: str) -> bool:
+    cat = unicodedata.category(ch)
+    return cat in ("Cc", "Zl", "Zp") or (cat == "Cf" and ch not in _ALLOWED_FORMAT)
 
 
 def name_key(shown: str) -> str:

@@ -33,12 +33,14 @@ class Writer:
         publish: Callable[[list[Published]], None],
         *,
         max_batch: int = 512,
+        max_pending: int = 20_000,
         clock: Callable[[], float] = time.time,
         on_batch: Callable[[int, float], None] | None = None,
     ) -> None:
         self._store = store
         self._publish = publish
         self._max_batch = max_batch
+        self._max_pending = max_pending
         self._clock = clock
         self._on_batch = on_batch
         self._pending: list[tuple[Operation, asyncio.Future[Any]]] = []
@@ -58,6 +60,9 @@ class Writer:
         """
         if self._closing:
             raise Unavailable("the server is shutting down")
+        if len(self._pending) >= self._max_pending:
+            # Storage cannot keep up: refuse rather than queue without bound.
+            raise Unavailable("the server is overloaded; retry shortly")
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._pending.append((op, fut))
         self._wake.set()

@@ -42,7 +42,10 @@ def test_name_normalisation_and_key() -> None:
     assert validate.name("name", "👨‍👩‍👧")[0] == "👨‍👩‍👧"  # ZWJ allowed
 
 
-@pytest.mark.parametrize("bad", ["", "   ", "a\x00b", "tab\there", "line\u2028sep"])
+@pytest.mark.parametrize(
+    "bad",
+    ["", "   ", "a\x00b", "tab\there", "line\u2028sep", "evil\u202egpj.exe", "zero\u200bwidth"],
+)
 def test_name_rejects_empty_and_control(bad: str) -> None:
     with pytest.raises(BadRequest, match="name"):
         validate.name("name", bad)
