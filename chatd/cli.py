@@ -14,6 +14,7 @@ import os
 import sys
 import textwrap
 from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 from . import __version__, clientcli
@@ -210,7 +211,9 @@ class JsonFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         out: dict[str, Any] = {
-            "ts": self.formatTime(record, "%Y-%m-%dT%H:%M:%S"),
+            "ts": datetime.fromtimestamp(record.created, UTC)
+            .isoformat(timespec="milliseconds")
+            .replace("+00:00", "Z"),
             "level": record.levelname.lower(),
             "logger": record.name,
             "msg": record.getMessage(),
@@ -240,10 +243,13 @@ def run_serve(args: argparse.Namespace) -> int:
     config = config_from_args(args)
     setup_logging(config.log_level, config.log_format)
     log = logging.getLogger("chatd")
+    # The address line is printed whatever the level: without it nobody knows the port.
+    listen_log = logging.getLogger("chatd.listen")
+    listen_log.setLevel(logging.INFO)
 
     def listening(host: str, port: int) -> None:
         shown = f"[{host}]" if ":" in host else host
-        log.info(
+        listen_log.info(
             "serving on ws://%s:%d/ws (web page http://%s:%d/) with db %s",
             shown, port, shown, port, os.path.abspath(config.db),
             extra={"event": "listening", "host": host, "port": port,

@@ -132,7 +132,8 @@ class Subscription:
 
     def _close_slow(self, reason: str, code: int = CLOSE_TOO_SLOW) -> None:
         self.hub.unsubscribe(self)
-        self.hub.slow_closed += 1
+        if code == CLOSE_TOO_SLOW:
+            self.hub.on_slow_close()
         self.hub.close_later(self.conn, code, reason)
 
 
@@ -148,6 +149,7 @@ class Hub:
         slow_timeout: float = 30.0,
         batch: int = 1000,
         poll_interval: float = 0.02,
+        on_slow_close: Callable[[], None] = lambda: None,
     ) -> None:
         self.last_seq = last_seq
         self.read_events = read_events
@@ -155,11 +157,11 @@ class Hub:
         self.slow_timeout = slow_timeout
         self.batch = batch
         self.poll_interval = poll_interval
+        self.on_slow_close = on_slow_close
         self._live: dict[Subscription, None] = {}
         self._closing: set[asyncio.Task[None]] = set()
         self.subscribers = 0
         self.lagging = 0
-        self.slow_closed = 0
         self.lag_events = 0
 
     def subscribe(

@@ -74,6 +74,7 @@ class App:
             buffer_limit=self.config.send_buffer_limit,
             slow_timeout=self.config.slow_reader_timeout,
             batch=self.config.replay_batch,
+            on_slow_close=self.metrics.slow_closed.inc,
         )
         self.writer = Writer(
             self.store,

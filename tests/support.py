@@ -56,16 +56,24 @@ class Daemon:
         loop = asyncio.get_running_loop()
         assert self.proc.stderr is not None
         stderr = self.proc.stderr
-        while True:
-            line = await asyncio.wait_for(loop.run_in_executor(None, stderr.readline), 20 * UNIT)
-            if not line:
-                raise RuntimeError("chatd exited before listening:\n" + "".join(self.log))
-            text = line.decode(errors="replace")
-            self.log.append(text)
-            m = LISTEN_RE.search(text)
-            if m:
-                self.port = int(m.group("port"))
-                break
+        try:
+            while True:
+                line = await asyncio.wait_for(
+                    loop.run_in_executor(None, stderr.readline), 20 * UNIT
+                )
+                if not line:
+                    raise RuntimeError("chatd exited before listening:\n" + "".join(self.log))
+                text = line.decode(errors="replace")
+                self.log.append(text)
+                m = LISTEN_RE.search(text)
+                if m:
+                    self.port = int(m.group("port"))
+                    break
+        except BaseException:
+            self.proc.kill()
+            self.proc.wait()
+            self.proc = None
+            raise
         self._stderr_task = asyncio.ensure_future(self._drain_stderr())
 
     async def _drain_stderr(self) -> None:

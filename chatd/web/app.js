@@ -15,6 +15,7 @@ const BACKOFF_CAP_MS = 5000;
 const PING_EVERY_MS = 25000;
 const PING_TIMEOUT_MS = 10000;
 const LOAD_OLDER_PX = 48;
+const RETRY_UNAVAILABLE_MS = 1000;
 
 // ---------------------------------------------------------------- helpers
 
@@ -66,8 +67,11 @@ class ConnectionLost extends Error {
 class Connection {
   constructor(url, handlers) {
     this.url = url;
-    this.handlers = handlers; // { onOpen, onClose, onEvent, onStrayError }
+    this.handlers = handlers; // { onOpen, onClose, onEvent, onStrayError, mayPark }
     this.ws = null;
+    // No socket and no retry timer: the session has no use for one (logged out),
+    // so the next request for one (whenOpen) connects.
+    this.parked = false;
     this.nextRef = 1;
     this.pending = new Map(); // ref -> { resolve, reject }
     this.attempt = 0;
@@ -97,7 +101,9 @@ class Connection {
 
   whenOpen() {
     if (this.isOpen) return Promise.resolve();
-    return new Promise((resolve) => this.openWaiters.push(resolve));
+    const opened = new Promise((resolve) => this.openWaiters.push(resolve));
+    if (this.parked) this.reconnectNow();
+    return opened;
   }
 
   // Called once the session is really usable, not merely when the socket
@@ -116,6 +122,11 @@ class Connection {
     this._connect();
   }
 
+  // After a network change: retry now unless parked (then nobody needs a socket).
+  wake() {
+    if (!this.parked) this.reconnectNow();
+  }
+
   restart() {
     this.drop();
     this.attempt = 0;
@@ -123,6 +134,7 @@ class Connection {
   }
 
   _connect() {
+    this.parked = false;
     const ws = new WebSocket(this.url);
     this.ws = ws;
     ws.onopen = () => this._opened(ws);
@@ -168,9 +180,14 @@ class Connection {
     const waiters = [...this.pending.values()];
     this.pending.clear();
     waiters.forEach((w) => w.reject(new ConnectionLost()));
-    this.handlers.onClose();
     clearTimeout(this.retryTimer);
-    this.retryTimer = setTimeout(() => this._connect(), backoffDelay(this.attempt++));
+    // The server closes sockets that do not log in within its login timeout;
+    // reconnecting for a login form that nobody submits would cycle forever.
+    this.parked = this.handlers.mayPark();
+    this.handlers.onClose(this.parked);
+    if (!this.parked) {
+      this.retryTimer = setTimeout(() => this._connect(), backoffDelay(this.attempt++));
+    }
   }
 
   // Browsers may not notice a dead TCP connection for minutes.
@@ -186,7 +203,7 @@ class Connection {
 class Session {
   constructor(conn, hooks) {
     this.conn = conn;
-    this.hooks = hooks; // { onState, onLoggedIn, onLoggedOut, onSnapshot, onEvent, onSent, onOutbox, onLive, onError }
+    this.hooks = hooks; // { onState, onLoggedIn, onLoggedOut, onSnapshot, onEvent, onSent, onOutbox, onLive, onError, onRecovered }
     this.token = store.get(TOKEN_KEY);
     this.user = null;
     this.epoch = null;
@@ -194,6 +211,8 @@ class Session {
     this.live = false;
     this.everOpened = false;
     this.outbox = []; // { nonce, channel, body, inflight }
+    this.loggingIn = false;
+    this.syncError = null; // shown by _syncFailed; cleared once live again
   }
 
   async onOpen() {
@@ -211,9 +230,15 @@ class Session {
     }
   }
 
-  onClose() {
+  onClose(parked) {
     this.live = false;
-    this.hooks.onState(this.everOpened ? "reconnecting" : "connecting");
+    if (parked) this.hooks.onState("idle");
+    else this.hooks.onState(this.everOpened ? "reconnecting" : "connecting");
+  }
+
+  // Logged out and not logging in: no socket is needed until the form is submitted.
+  mayPark() {
+    return this.token === null && !this.loggingIn;
   }
 
   onEvent(ev) {
@@ -225,8 +250,14 @@ class Session {
   }
 
   async login(name, password) {
-    await this.conn.whenOpen();
-    const ok = await this.conn.request("login", { name, password });
+    this.loggingIn = true;
+    let ok;
+    try {
+      await this.conn.whenOpen();
+      ok = await this.conn.request("login", { name, password });
+    } finally {
+      this.loggingIn = false;
+    }
     this.token = ok.token;
     store.set(TOKEN_KEY, ok.token);
     this.epoch = null; // a new login always starts from a fresh snapshot
@@ -279,6 +310,11 @@ class Session {
         setTimeout(() => this.flush(), seconds * 1000);
         return;
       }
+      // The server is draining for a restart or overloaded: try again later.
+      if (err.code === "unavailable") {
+        setTimeout(() => this.flush(), RETRY_UNAVAILABLE_MS);
+        return;
+      }
       this._dequeue(item);
       this.hooks.onError(err);
     }
@@ -321,6 +357,10 @@ class Session {
   _goLive(state) {
     this.live = true;
     this.conn.resetBackoff();
+    if (this.syncError) {
+      this.hooks.onRecovered(this.syncError);
+      this.syncError = null;
+    }
     this.hooks.onState(state);
     this.hooks.onLive();
     this.flush();
@@ -334,6 +374,7 @@ class Session {
       return;
     }
     // e.g. `unavailable` while the server drains: back off and try again.
+    this.syncError = err;
     this.hooks.onError(err);
     this.conn.drop();
   }
@@ -395,7 +436,9 @@ function el(tag, className, text) {
   return node;
 }
 
+// "idle": logged out with no socket (one is opened when the login form is sent).
 function setConnState(state) {
+  els.state.hidden = state === "idle";
   els.state.textContent = state;
   els.state.dataset.state = state;
 }
@@ -406,6 +449,11 @@ function showError(err) {
 
 function clearError() {
   els.error.textContent = "";
+}
+
+// A connection problem that went away by itself needs no dismissing.
+function clearErrorIf(err) {
+  if (els.error.textContent === err.message) clearError();
 }
 
 function showLogin() {
@@ -735,9 +783,10 @@ function onComposerKey(e) {
 
 const conn = new Connection(wsUrl(), {
   onOpen: () => session.onOpen(),
-  onClose: () => session.onClose(),
+  onClose: (parked) => session.onClose(parked),
   onEvent: (ev) => session.onEvent(ev),
   onStrayError: showError,
+  mayPark: () => session.mayPark(),
 });
 
 const session = new Session(conn, {
@@ -752,6 +801,7 @@ const session = new Session(conn, {
   onOutbox: () => renderOutbox(),
   onLive,
   onError: showError,
+  onRecovered: clearErrorIf,
 });
 
 els.loginForm.addEventListener("submit", onLoginSubmit);
@@ -764,9 +814,9 @@ els.composer.addEventListener("submit", onComposerSubmit);
 els.input.addEventListener("keydown", onComposerKey);
 els.error.addEventListener("click", clearError);
 // Skip the rest of a backoff wait when the network or the tab comes back.
-window.addEventListener("online", () => conn.reconnectNow());
+window.addEventListener("online", () => conn.wake());
 document.addEventListener("visibilitychange", () => {
-  if (document.visibilityState === "visible") conn.reconnectNow();
+  if (document.visibilityState === "visible") conn.wake();
 });
 
 // Without a saved token the form can be filled in while the socket opens.
