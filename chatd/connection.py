@@ -41,7 +41,7 @@ from .exceptions import (
     Unauthorized,
     Unavailable,
 )
-from .fanout import CLOSE_TOO_SLOW, Subscription, buffered, write
+from .fanout import CLOSE_TOO_SLOW, Subscription, buffered, close_or_abort, write
 from .limits import TokenBucket
 from .store import (
     CreateChannel,
@@ -170,6 +170,9 @@ class Session:
         except msgspec.DecodeError as exc:
             self._bad(None, f"frame: not valid JSON text: {exc}")
             return None
+        except RecursionError:
+            self._bad(None, "frame: JSON nested too deeply")
+            return None
         return cmd
 
     def _bad(self, ref: wire.Ref, message: str) -> None:
@@ -246,7 +249,7 @@ class Session:
         deadline = time.monotonic() + cfg.slow_reader_timeout
         while buffered(self.conn) > cfg.send_buffer_limit // 2:
             if time.monotonic() > deadline:
-                await self.conn.close(CLOSE_TOO_SLOW, "read too slowly")
+                await close_or_abort(self.conn, CLOSE_TOO_SLOW, "read too slowly")
                 return
             await asyncio.sleep(0.02)
 
@@ -422,7 +425,7 @@ def _salvage_ref(data: str) -> wire.Ref:
     """The ``ref`` of a frame that failed validation, if the ref itself is valid."""
     try:
         obj = msgspec.json.decode(data)
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, RecursionError):
         return None
     ref = obj.get("ref") if isinstance(obj, dict) else None
     if isinstance(ref, bool):

@@ -64,6 +64,19 @@ def write(conn: Connection, frame: bytes) -> None:
     broadcast((conn,), frame, text=True)
 
 
+async def close_or_abort(conn: Connection, code: int, reason: str, grace: float = 5.0) -> None:
+    """Close, or cut the TCP connection after ``grace`` seconds.
+
+    ``close()`` first waits for the send buffer to drain, and only then does its
+    own timeout start: a peer that does not read would hold it forever.
+    """
+    try:
+        await asyncio.wait_for(conn.close(code, reason), grace)
+    except TimeoutError:
+        if conn.transport is not None:
+            conn.transport.abort()
+
+
 class Subscription:
     def __init__(
         self, hub: Hub, conn: Connection, channels: frozenset[str] | None, cursor: int
@@ -191,8 +204,7 @@ class Hub:
         sub.cancel()
 
     def close_later(self, conn: Connection, code: int, reason: str) -> None:
-        # close() waits for the peer; a peer that does not read is cut after close_timeout.
-        task = asyncio.create_task(conn.close(code, reason))
+        task = asyncio.create_task(close_or_abort(conn, code, reason))
         self._closing.add(task)
         task.add_done_callback(self._closing.discard)
 

@@ -26,7 +26,7 @@ from . import __version__
 from .config import Config
 from .connection import CLOSE_POLICY, Session
 from .expiry import run_expiry
-from .fanout import Hub
+from .fanout import Hub, close_or_abort
 from .limits import Buckets, ConnectionCounter
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .metrics import Metrics
@@ -188,7 +188,6 @@ def _response(
             ("Content-Length", str(len(body))),
             ("Cache-Control", "no-store"),
             ("X-Content-Type-Options", "nosniff"),
-            ("Server", f"chatd/{__version__}"),
         ]
     )
     return Response(status.value, status.phrase, headers, body)
@@ -273,10 +272,21 @@ async def _drain(app: App, server: Server, expiry: asyncio.Task[None]) -> None:
     if inflight:
         await asyncio.wait(inflight, timeout=app.config.drain_timeout)
     await app.writer.close()
-    server.close(close_connections=True, code=CLOSE_GOING_AWAY, reason="server shutting down")
+    sessions = list(app.sessions)
+    closing = [
+        asyncio.create_task(close_or_abort(
+            s.conn, CLOSE_GOING_AWAY, "server shutting down",
+            grace=max(0.1, deadline - time.monotonic()),
+        ))
+        for s in sessions
+    ]
+    if closing:
+        await asyncio.wait(closing)
+    # The listener (and /healthz's 503) stays until every client is gone.
+    server.close(close_connections=False)
     try:
-        await asyncio.wait_for(server.wait_closed(), max(1.0, deadline - time.monotonic()))
+        await asyncio.wait_for(server.wait_closed(), 1.0)
     except TimeoutError:
-        log.warning("some connections did not close in time")
+        log.warning("some connection handlers did not finish in time")
     await app.store.close()
     log.info("stopped")
