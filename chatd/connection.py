@@ -61,7 +61,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("chatd.connection")
 
 #: a handler returns its ok reply, or None when it has written the reply itself.
-Handler = Callable[[Any], Awaitable[msgspec.Struct | None]]
+Handler = Callable[["Session", Any], Awaitable[msgspec.Struct | None]]
 BARRIERS = (wire.Login, wire.Auth, wire.Logout, wire.Subscribe, wire.Unsubscribe)
 CLOSE_POLICY = 1008
 
@@ -81,20 +81,6 @@ class Session:
         self.sub: Subscription | None = None
         self._slots: deque[bytes | asyncio.Task[bytes | None]] = deque()
         self._bad_frames = 0
-        self._handlers: dict[type[wire.Command], Handler] = {
-            wire.Login: self._login,
-            wire.Auth: self._auth,
-            wire.Logout: self._logout,
-            wire.Ping: self._ping,
-            wire.Boot: self._boot,
-            wire.CreateChannel: self._create_channel,
-            wire.DeleteChannel: self._delete_channel,
-            wire.Send: self._send,
-            wire.DeleteMessage: self._delete_message,
-            wire.History: self._history,
-            wire.Subscribe: self._subscribe,
-            wire.Unsubscribe: self._unsubscribe,
-        }
 
     # ----------------------------------------------------------- the read loop
 
@@ -199,7 +185,7 @@ class Session:
                 raise Unavailable("the server is shutting down; reconnect later")
             if self.user is None and type(cmd) in wire.NEEDS_LOGIN:
                 raise Unauthorized(f"{op}: log in first (login or auth)")
-            reply = await self._handlers[type(cmd)](cmd)
+            reply = await _HANDLERS[type(cmd)](self, cmd)
         except ProtocolError as exc:
             self._count_frame(bad=isinstance(exc, BadRequest))
             self.app.metrics.commands.labels(op, exc.code).inc()
@@ -419,6 +405,23 @@ class Session:
         if self.sub is not None:
             self.app.hub.unsubscribe(self.sub)
             self.sub = None
+
+
+# One table for all sessions: per-session bound methods would cost memory per connection.
+_HANDLERS: dict[type[wire.Command], Handler] = {
+    wire.Login: Session._login,
+    wire.Auth: Session._auth,
+    wire.Logout: Session._logout,
+    wire.Ping: Session._ping,
+    wire.Boot: Session._boot,
+    wire.CreateChannel: Session._create_channel,
+    wire.DeleteChannel: Session._delete_channel,
+    wire.Send: Session._send,
+    wire.DeleteMessage: Session._delete_message,
+    wire.History: Session._history,
+    wire.Subscribe: Session._subscribe,
+    wire.Unsubscribe: Session._unsubscribe,
+}
 
 
 def _salvage_ref(data: str) -> wire.Ref:

@@ -1,11 +1,15 @@
 """Fanout of committed events to subscribers, with the replay-to-live handover.
 
-Every event is encoded once, by the store, when it is committed; the same bytes
-are written to every live subscriber whose channel filter matches, through
-``websockets.broadcast``. broadcast() applies no backpressure and ignores the
-write limit, so the hub looks at each connection's transport buffer itself: a
-subscriber with more than ``buffer_limit`` bytes unsent stops being written to
-("lagging") and is later caught up from the store, never from a queue in memory.
+Every event is encoded once, by the store, when it is committed. The hub wraps
+it in its WebSocket frame once (a server's frames are unmasked and chatd runs
+without extensions, so the frame is the same bytes for every connection) and
+writes one buffer per subscriber per commit batch straight to the transport:
+subscribers without a filter share one joined buffer, so a batch costs one
+write call per subscriber whatever its size. Like ``websockets.broadcast``,
+this applies no backpressure and ignores the write limit, so the hub looks at
+each connection's transport buffer itself: a subscriber with more than
+``buffer_limit`` bytes unsent stops being written to ("lagging") and is later
+caught up from the store, never from a queue in memory.
 Memory per subscriber is therefore bounded by ``buffer_limit`` plus one replay
 batch, however slow it reads. If its buffer does not drain below the low-water
 mark for ``slow_timeout`` seconds, it is closed with 4000.
@@ -38,10 +42,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import struct
 import time
 from collections.abc import Awaitable, Callable
 
-from websockets.asyncio.connection import Connection, broadcast
+from websockets.asyncio.connection import Connection
 from websockets.protocol import State
 
 from .store import Batch, Published
@@ -59,9 +64,35 @@ def buffered(conn: Connection) -> int:
     return 0 if transport is None or transport.is_closing() else transport.get_write_buffer_size()
 
 
-def write(conn: Connection, frame: bytes) -> None:
-    """Queue one text frame without waiting; the caller watches :func:`buffered`."""
-    broadcast((conn,), frame, text=True)
+def text_frame(payload: bytes) -> bytes:
+    """``payload`` as one WebSocket text frame from a server: FIN, opcode 1, unmasked.
+
+    Valid because chatd negotiates no extension (compression is off): with one,
+    frames would differ per connection.
+    """
+    n = len(payload)
+    if n < 126:
+        return bytes((0x81, n)) + payload
+    if n < 1 << 16:
+        return struct.pack("!BBH", 0x81, 126, n) + payload
+    return struct.pack("!BBQ", 0x81, 127, n) + payload
+
+
+def write_frames(conn: Connection, data: bytes) -> None:
+    """Queue ready-made frames on ``conn`` without waiting.
+
+    This bypasses websockets' send path on purpose: that path holds no bytes
+    between calls (every send writes through to the transport at once) and
+    chatd never fragments, so frames written here cannot interleave with its
+    own. Nothing is written once the closing handshake has started.
+    """
+    if conn.protocol.state is State.OPEN:
+        conn.transport.write(data)
+
+
+def write(conn: Connection, payload: bytes) -> None:
+    """Queue one text message without waiting; the caller watches :func:`buffered`."""
+    write_frames(conn, text_frame(payload))
 
 
 async def close_or_abort(conn: Connection, code: int, reason: str, grace: float = 5.0) -> None:
@@ -113,9 +144,8 @@ class Subscription:
                     # Expiry dropped events this subscriber has not seen: it must resync.
                     self._close_slow("fell behind the retained history")
                     return
-                for _, frame in batch.events:
-                    write(self.conn, frame)
                 if batch.events:
+                    write_frames(self.conn, b"".join(text_frame(f) for _, f in batch.events))
                     self.cursor = batch.events[-1][0]
                 if len(batch.events) < hub.batch:
                     self.cursor = max(self.cursor, batch.upto)
@@ -219,26 +249,37 @@ class Hub:
             self.lagging += 1 if lagging else -1
 
     def publish(self, events: list[Published]) -> None:
-        """Write committed events, in seq order, to every live subscriber."""
+        """Write one commit's events, in seq order, to every live subscriber."""
+        if not events:
+            return
+        first, last = events[0].seq, events[-1].seq
+        self.last_seq = last
+        frames = [text_frame(e.frame) for e in events]
+        everything: bytes | None = None
         limit = self.buffer_limit
-        for event in events:
-            self.last_seq = event.seq
-            targets: list[Connection] = []
-            lagging: list[Subscription] = []
-            for sub in self._live:
-                if event.seq <= sub.cursor:
-                    continue
-                if sub.channels is not None and event.channel_id not in sub.channels:
-                    continue
-                if buffered(sub.conn) > limit:
-                    lagging.append(sub)
-                    continue
-                sub.cursor = event.seq
-                targets.append(sub.conn)
-            if targets:
-                broadcast(targets, event.frame, text=True)
-            for sub in lagging:
-                del self._live[sub]
-                self.lag_events += 1
-                self._set_lagging(sub, True)
-                sub.catch_up()
+        lagging: list[Subscription] = []
+        for sub in self._live:
+            if sub.cursor >= last:
+                continue
+            if buffered(sub.conn) > limit:
+                lagging.append(sub)
+                continue
+            if sub.channels is None and sub.cursor < first:
+                if everything is None:
+                    everything = b"".join(frames)
+                data = everything
+            else:
+                data = b"".join(
+                    f for e, f in zip(events, frames, strict=True)
+                    if e.seq > sub.cursor
+                    and (sub.channels is None or e.channel_id in sub.channels)
+                )
+            # Every event of the batch was written or filtered out: all are behind.
+            sub.cursor = last
+            if data:
+                write_frames(sub.conn, data)
+        for sub in lagging:
+            del self._live[sub]
+            self.lag_events += 1
+            self._set_lagging(sub, True)
+            sub.catch_up()
