@@ -162,6 +162,8 @@ class SqliteStore:
         if str(mode).lower() != "wal":
             raise RuntimeError(f"{self.path}: cannot switch to WAL mode (got {mode})")
         conn.execute("PRAGMA synchronous = FULL")
+        # A deleted body must not linger in freed pages either (FAST: no extra I/O).
+        conn.execute("PRAGMA secure_delete = FAST")
         exists = conn.execute(
             "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'meta'"
         ).fetchone()

@@ -15,14 +15,15 @@ import sqlite3
 import time
 import urllib.error
 import urllib.request
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import pytest
 import websockets
 
-from .support import UNIT, WS
+from .support import UNIT, WS, Daemon
 
 AT_RE = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$")
 PASSWORD = "pw-secret-1"
@@ -37,14 +38,46 @@ EVENT_KEYS = {
 MESSAGE_KEYS = {"id", "seq", "at", "sender", "body"}
 
 
+def daemons_of(item: pytest.Item) -> list[Daemon]:
+    """The daemons a test used, through ``daemon`` or ``make_daemon``."""
+    found: list[Daemon] = []
+    for value in getattr(item, "funcargs", {}).values():
+        if isinstance(value, Daemon):
+            found.append(value)
+        # make_daemon: a closure over the list of the daemons it started
+        for cell in getattr(value, "__closure__", None) or ():
+            try:
+                content = cell.cell_contents
+            except ValueError:
+                continue
+            if isinstance(content, list):
+                found += [d for d in content if isinstance(d, Daemon)]
+    return found
+
+
+@pytest.fixture(autouse=True)
+def server_log_guard(request: pytest.FixtureRequest) -> Iterator[None]:
+    """After the test (and after its daemons stopped): no traceback and no ERROR line
+    in any daemon's log. Import it into a test module to apply it there."""
+    yield
+    for d in daemons_of(request.node):
+        bad = [line for line in d.log if "Traceback" in line or " ERROR " in line]
+        assert not bad, "the daemon logged errors:\n" + "".join(d.log[-100:])
+
+
 @contextlib.asynccontextmanager
 async def client(url: str, name: str | None = None, *, token: str | None = None,
-                 password: str = PASSWORD) -> AsyncIterator[WS]:
+                 password: str = PASSWORD, **kw: Any) -> AsyncIterator[WS]:
     """A connection, logged in with ``name`` (login) or ``token`` (auth) if given.
 
     The login reply is kept on ``ws.me`` (``user`` and, for login, ``token``).
+    Unless told otherwise (``max_queue=...``) the client buffers every incoming
+    frame: with websockets' default of 16, a client that leaves with unread events
+    stops reading the socket, never sees the server's close frame and waits
+    ``close_timeout`` (10 s) on exit.
     """
-    async with WS.connect(url) as ws:
+    kw.setdefault("max_queue", None)
+    async with WS.connect(url, **kw) as ws:
         me: dict[str, Any] = {}
         if name is not None:
             me = await ws.login(name, password)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
 import unicodedata
 
 from .helpers import (
@@ -13,9 +15,10 @@ from .helpers import (
     client,
     expect_error,
     raw_reply,
+    server_log_guard,  # noqa: F401  (autouse: no traceback in the daemon log)
     stored_log,
 )
-from .support import WS
+from .support import UNIT, WS
 
 # ------------------------------------------------------------------ accounts
 
@@ -96,6 +99,23 @@ async def test_logout_ends_that_token_only(daemon):
     async with WS.connect(daemon.url) as ws:
         await expect_error(ws, "unauthorized", "auth", token=t1)
         await ws.ok("auth", token=t2)
+
+
+async def test_token_expires(make_daemon):
+    ttl = 1.5 * UNIT
+    d = await make_daemon("--token-ttl", str(ttl))
+    async with client(d.url, "alice") as ws:
+        token = ws.me["token"]
+        issued = time.monotonic()
+    async with WS.connect(d.url) as ws:
+        r = await ws.request("auth", token=token)
+        if time.monotonic() - issued < ttl / 2:
+            assert r["type"] == "ok", r
+        await asyncio.sleep(max(0.0, issued + ttl + 0.5 * UNIT - time.monotonic()))
+        await expect_error(ws, "unauthorized", "auth", token=token)
+        # a new login gives a new, valid token
+        fresh = (await ws.login("alice"))["token"]
+        await ws.ok("auth", token=fresh)
 
 
 async def test_ping_without_login(daemon):
@@ -205,8 +225,8 @@ async def test_send_nonce_idempotent(daemon):
         # another user's nonce space is its own
         other = await bob.ok("send", channel=ch["id"], body="bob's", nonce="n-1")
         assert other["message"]["id"] != first["message"]["id"]
-        # a different nonce is a different message
-        third = await ws.ok("send", channel=ch["id"], body="once", nonce="n-2")
+        # a different nonce is a different message; 64 characters is fine
+        third = await ws.ok("send", channel=ch["id"], body="once", nonce="n" * 64)
         assert third["message"]["id"] != first["message"]["id"]
         await ws.events_until(third["message"]["seq"])
         sent = [e["message"]["id"] for e in ws.events if e["kind"] == "message.sent"]
@@ -327,7 +347,8 @@ async def test_subscribe_and_unsubscribe(daemon):
         assert isinstance(r["resume_point"], int)
         # without since: events with seq > resume_point, nothing older
         m = (await ws.ok("send", channel=ch["id"], body="live"))["message"]
-        ev = await ws.next_event()
+        ev = (await ws.events_until(m["seq"]))[0]
+        assert len(ws.events) == 1, ws.events
         assert ev["kind"] == "message.sent" and ev["message"]["id"] == m["id"], ev
         assert ev["seq"] == m["seq"] > r["resume_point"]
         assert all(e["seq"] > r["resume_point"] for e in ws.events)
@@ -419,6 +440,9 @@ async def test_replies_in_order_when_pipelined(daemon):
             if f["type"] != "event":
                 replies.append(f)
         assert [r["ref"] for r in replies] == [c["ref"] for c in ops]
+        # exactly one reply each: the next reply is the next command's
+        assert (await ws.request("ping"))["ref"] == f"r{ws._ref}"
+        assert [r["ref"] for r in ws.replies[-51:-1]] == [c["ref"] for c in ops]
         assert all(r["type"] == "ok" for r in replies), replies
         sends = [r for r, c in zip(replies, ops, strict=True) if c["op"] == "send"]
         assert [r["message"]["body"] for r in sends] == \

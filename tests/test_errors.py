@@ -12,6 +12,7 @@ from .helpers import (
     close_code,
     expect_error,
     raw_reply,
+    server_log_guard,  # noqa: F401  (autouse: no traceback in the daemon log)
 )
 from .support import WS
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import random
 from typing import Any
 
@@ -17,12 +18,14 @@ from .helpers import (
     assert_same_stream,
     assert_strictly_increasing,
     client,
+    server_log_guard,  # noqa: F401  (autouse: no traceback in the daemon log)
     stored_log,
     wait_for,
 )
 from .support import UNIT, WS
 
-SEED = random.randrange(2**32)
+# Every random choice derives from SEED; set CHATD_TEST_SEED to replay a failing run.
+SEED = int(os.environ.get("CHATD_TEST_SEED") or random.randrange(2**32))
 
 
 def rng(salt: str) -> random.Random:
@@ -41,11 +44,13 @@ async def _setup(url: str, users: int) -> tuple[list[str], list[dict[str, Any]]]
 
 
 class Senders:
-    """``n`` connections sending continuously until stopped; tracks the highest acked seq."""
+    """``n`` connections sending continuously until stopped or until ``budget`` sends
+    have been acknowledged; tracks the highest acked seq."""
 
     def __init__(self, url: str, tokens: list[str], chans: list[dict[str, Any]], n: int,
-                 mix: bool = False):
+                 mix: bool = False, budget: int | None = None):
         self.url, self.tokens, self.chans, self.n, self.mix = url, tokens, chans, n, mix
+        self.budget = budget
         self.top = 0
         self.acked = 0
         self.stop = asyncio.Event()
@@ -54,12 +59,16 @@ class Senders:
     def start(self) -> None:
         self.tasks = [asyncio.ensure_future(self._run(i)) for i in range(self.n)]
 
+    @property
+    def running(self) -> bool:
+        return not self.stop.is_set() and (self.budget is None or self.acked < self.budget)
+
     async def _run(self, i: int) -> None:
         r = rng(f"sender{i}")
         async with client(self.url, token=self.tokens[i % len(self.tokens)]) as ws:
             mine: list[str] = []
             k = 0
-            while not self.stop.is_set():
+            while self.running:
                 if self.mix and mine and r.random() < 0.15:
                     await ws.ok("delete_message", message=mine.pop(r.randrange(len(mine))))
                     continue
@@ -67,8 +76,8 @@ class Senders:
                     await ws.ok("create_channel", name=f"s{i}-{k}")
                     k += 1
                     continue
-                # sometimes two in flight at once
-                burst = 2 if r.random() < 0.3 else 1
+                # sometimes several in flight at once
+                burst = r.choice([1, 1, 1, 2, 3])
                 for _ in range(burst):
                     ch = self.chans[r.randrange(len(self.chans))]["id"]
                     await ws.send_raw(json.dumps({"op": "send", "ref": k, "channel": ch,
@@ -76,18 +85,25 @@ class Senders:
                     k += 1
                 for _ in range(burst):
                     f = await ws.recv()
+                    if f["type"] == "error" and f["code"] == "rate_limited":
+                        # not sent, so not in the log; back off like a polite client
+                        await asyncio.sleep(f.get("retry_after") or 0.1)
+                        continue
                     assert f["type"] == "ok", f
                     self.top = max(self.top, f["message"]["seq"])
                     self.acked += 1
                     mine.append(f["message"]["id"])
 
+    def check(self) -> None:
+        for t in self.tasks:
+            if t.done():
+                t.result()  # raise a sender's failure here
+
     async def wait_acked(self, n: int) -> None:
         target = self.acked + n
 
         def done() -> bool:
-            for t in self.tasks:
-                if t.done():
-                    t.result()  # raise a sender's failure here
+            self.check()
             return self.acked >= target
         await wait_for(done, 60, what=f"{n} more acked sends")
 
@@ -120,7 +136,7 @@ async def _resuming_subscriber(url: str, token: str, r: random.Random,
     epoch: str | None = None
     while True:
         final = mark.done()
-        async with WS.connect(url) as ws:
+        async with WS.connect(url, max_queue=None) as ws:
             await ws.ok("auth", token=token)
             args: dict[str, Any] = {"since": seen[-1]["seq"] if seen else 0}
             if epoch is not None:
@@ -132,7 +148,15 @@ async def _resuming_subscriber(url: str, token: str, r: random.Random,
             assert reply["epoch"] == epoch
             assert not ws.events, "an event came before the subscribe ok"
             if final:
-                seen += await ws.events_until(mark.result(), timeout=30)
+                if args["since"] >= mark.result():
+                    return seen  # it had already read the last event
+                try:
+                    seen += await ws.events_until(mark.result(), timeout=30)
+                except TimeoutError:
+                    raise AssertionError(
+                        f"seed {SEED}: resumed with {args} and never got the last event "
+                        f"{mark.result()}; got {[e['seq'] for e in ws.events]}"
+                    ) from None
                 return seen
             n = r.choice([0, 1, 2, 5, 20, 100])
             for _ in range(n):
@@ -162,7 +186,7 @@ async def test_resume_after_random_disconnects(daemon):
         for i in range(4)
     ]
     try:
-        await senders.wait_acked(600)
+        await senders.wait_acked(2000)
     finally:
         await senders.finish()
     async with client(daemon.url, token=tokens[0]) as ws:
@@ -186,52 +210,87 @@ async def test_subscribe_since_race(daemon):
     """Many senders; subscribers join at random moments with since = a random earlier seq.
 
     Each must get exactly the stored events > since, in order, with no gap and no
-    duplicate across the handover from replay to live.
+    duplicate across the handover from replay to live. Long-lived subscribers stay
+    to the end and are compared with the whole log; short-lived ones subscribe,
+    read past the handover, leave and come back, again and again while the senders
+    run, and each round is compared with the log between its ``since`` and the
+    last event it read.
     """
-    n_senders, n_subs = 12, 14
+    n_senders, n_long, n_roamers, budget = 12, 6, 8, 6000
     tokens, chans = await _setup(daemon.url, 4)
-    senders = Senders(daemon.url, tokens, chans, n_senders)
+    senders = Senders(daemon.url, tokens, chans, n_senders, budget=budget)
     senders.start()
-    subscribed = 0
+
+    def subscribe_args(r: random.Random, mode: int, near: bool
+                       ) -> tuple[dict[str, Any], list[str] | None]:
+        top = senders.top
+        if mode == 0:
+            since = 0 if not near else max(0, top - 200)
+        elif mode == 1:
+            since = top
+        elif mode == 2:
+            since = max(0, top - 1)
+        else:
+            since = max(0, top - r.randint(0, 60)) if near else r.randint(0, top)
+        channels = [chans[r.randrange(3)]["id"]] if mode == 6 else None
+        args: dict[str, Any] = {"since": since}
+        if channels:
+            args["channels"] = channels
+        if mode == 5:
+            args = {}  # no since: the events after resume_point
+        return args, channels
 
     async with contextlib.AsyncExitStack() as stack:
 
-        async def subscriber(j: int) -> tuple[int, list[str] | None, Pump]:
-            nonlocal subscribed
+        async def long_lived(j: int) -> tuple[int, list[str] | None, Pump]:
             r = rng(f"race{j}")
-            await asyncio.sleep(r.uniform(0, 1.5) * UNIT)
+            at = r.randint(0, budget * 3 // 4)
+            await wait_for(lambda: senders.acked >= at or not senders.running, 60)
             ws = await stack.enter_async_context(client(daemon.url, token=tokens[j % 4]))
             top = senders.top
-            mode = j % 7
-            since = {0: 0, 1: top, 2: max(0, top - 1)}.get(mode, r.randint(0, top))
-            channels = [chans[j % 3]["id"]] if mode == 6 else None
-            args: dict[str, Any] = {"since": since}
-            if channels:
-                args["channels"] = channels
-            if mode == 5:
-                args = {}  # no since: the events after resume_point
+            args, channels = subscribe_args(r, j % 7, near=False)
             reply = await ws.ok("subscribe", **args)
-            if mode == 5:
-                since = reply["resume_point"]
-                assert since >= top
+            since = args.get("since", reply["resume_point"])
+            assert since >= (top if "since" not in args else 0)
             pump = Pump(ws)
             stack.push_async_callback(pump.stop)
-            subscribed += 1
             return since, channels, pump
 
-        subs = [asyncio.ensure_future(subscriber(j)) for j in range(n_subs)]
+        async def roamer(j: int) -> list[tuple[int, list[str] | None, list[dict[str, Any]]]]:
+            r = rng(f"roam{j}")
+            done = []
+            k = 0
+            while senders.running:
+                await asyncio.sleep(r.uniform(0, 0.1) * UNIT)
+                async with client(daemon.url, token=tokens[j % 4]) as ws:
+                    args, channels = subscribe_args(r, (j + k) % 7, near=True)
+                    reply = await ws.ok("subscribe", **args)
+                    since = args.get("since", reply["resume_point"])
+                    # read past what was committed when we subscribed: past the handover
+                    target = senders.top + r.randint(1, 60)
+                    while (not ws.events or ws.events[-1]["seq"] < target) and senders.running:
+                        with contextlib.suppress(TimeoutError):
+                            await ws.next_event(timeout=0.2)
+                    if ws.events:
+                        done.append((since, channels, list(ws.events)))
+                k += 1
+            return done
+
+        longs = [asyncio.ensure_future(long_lived(j)) for j in range(n_long)]
+        roams = [asyncio.ensure_future(roamer(j)) for j in range(n_roamers)]
         try:
-            def joined() -> bool:
-                for t in subs:
+            def finished() -> bool:
+                senders.check()
+                for t in longs + roams:
                     if t.done():
                         t.result()
-                return subscribed == n_subs
-            await wait_for(joined, 60, what="all subscribers")
-            # keep the senders going for a while after the last subscriber joined
-            await senders.wait_acked(300)
+                return not senders.running and all(t.done() for t in longs + roams)
+            await wait_for(finished, 120, what="the senders' budget")
         finally:
             await senders.finish()
-        results = [await t for t in subs]
+        results = [await t for t in longs]
+        short = [rnd for t in roams for rnd in await t]
+        assert len(short) >= n_roamers, "the roamers had time for a round each"
 
         async with client(daemon.url, token=tokens[0]) as ws:
             marks = [(await ws.ok("send", channel=c["id"], body="end"))["message"]["seq"]
@@ -239,12 +298,19 @@ async def test_subscribe_since_race(daemon):
         log = await stored_log(daemon.url, tokens[1], marks[-1])
         assert [e["seq"] for e in log[-3:]] == marks
         assert len(log) == 3 + senders.acked + 3, "the log holds every acked send once"
-        for j, (since, channels, pump) in enumerate(results):
-            want = [e for e in log if e["seq"] > since
+
+        def expected(since: int, channels: list[str] | None, upto: int) -> list[dict[str, Any]]:
+            return [e for e in log if since < e["seq"] <= upto
                     and (channels is None or e["channel"]["id"] in channels)]
+
+        for j, (since, channels, events) in enumerate(short):
+            assert_same_stream(events, expected(since, channels, events[-1]["seq"]),
+                               f"round {j} (since={since}, channels={channels})")
+        for j, (since, channels, pump) in enumerate(results):
+            want = expected(since, channels, marks[-1])
             await pump.until(want[-1]["seq"])
-            got = pump.ws.events
-            assert_same_stream(got, want, f"subscriber {j} (since={since}, channels={channels})")
+            assert_same_stream(pump.ws.events, want,
+                               f"subscriber {j} (since={since}, channels={channels})")
 
 
 async def test_boot_snapshot_consistent_under_concurrent_creates(daemon):
@@ -315,6 +381,29 @@ async def test_resume_exactly_at_each_point(daemon):
             assert ws.events == want, since
 
 
+async def test_resubscribe_cycles_on_one_connection(daemon):
+    """subscribe (with a replay) / unsubscribe / subscribe ... on one connection, quickly."""
+    async with client(daemon.url, "alice") as ws:
+        ch = (await ws.ok("create_channel", name="general"))["channel"]["id"]
+        for i in range(60):
+            await ws.send_raw(json.dumps({"op": "send", "ref": i, "channel": ch, "body": f"{i}"}))
+        last = 0
+        for _ in range(60):
+            last = (await ws.recv())["message"]["seq"]
+        log = await stored_log(daemon.url, ws.me["token"], last)
+        for k in range(30):
+            ws.events.clear()
+            await ws.ok("subscribe", since=k % 7)
+            if k % 3 == 0:
+                # read the whole replay this time
+                await ws.events_until(last)
+                assert ws.events == [e for e in log if e["seq"] > k % 7]
+            await ws.ok("unsubscribe")
+        ws.events.clear()
+        await ws.ok("subscribe", since=0)
+        assert await ws.events_until(last) == log
+
+
 async def test_abrupt_disconnects_do_not_hurt_the_server(daemon):
     """Connections that vanish mid-replay or mid-command leave the daemon healthy."""
     async with client(daemon.url, "alice") as ws:
@@ -327,7 +416,7 @@ async def test_abrupt_disconnects_do_not_hurt_the_server(daemon):
             for _ in range(50):
                 assert (await ws.recv())["type"] == "ok"
     for _ in range(10):
-        async with WS.connect(daemon.url) as c:
+        async with WS.connect(daemon.url, max_queue=None) as c:
             await c.ok("auth", token=token)
             await c.send_raw(json.dumps({"op": "subscribe", "since": 0}))
             await c.send_raw(json.dumps({"op": "send", "channel": ch, "body": "y"}))
