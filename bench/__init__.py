@@ -1,0 +1,1 @@
+"""chatd benchmarks: ``python -m bench`` (``make bench``); see docs/performance.md."""
