@@ -66,17 +66,30 @@ def schema_sql() -> str:
 
 @dataclass
 class _Tx:
-    """The state of one write transaction on the writer thread."""
+    """The state of one write transaction on the writer thread.
+
+    Rows that sends add are kept here and written with one ``executemany`` per
+    table (:meth:`flush`): a batch of sends then costs a few statements, not a
+    few per send. Every operation other than a send flushes first, so it sees
+    all rows of the batch before it.
+    """
 
     conn: sqlite3.Connection
     seq: int
     at_ms: int
     encoder: msgspec.json.Encoder
     events: list[Published] = field(default_factory=list)
+    at: str = ""
+    new_events: list[tuple[int, int, str, bytes]] = field(default_factory=list)
+    new_messages: list[tuple[int, str, str, str, str, int, str]] = field(default_factory=list)
+    new_nonces: list[tuple[str, str, str, int, int, str, str]] = field(default_factory=list)
+    #: (user id, nonce) -> result, for a retry that lands in the same batch as the first.
+    nonces: dict[tuple[str, str], Sent] = field(default_factory=dict)
+    #: channel id -> time of its newest message in this batch
+    active: dict[str, int] = field(default_factory=dict)
 
-    @property
-    def at(self) -> str:
-        return wire.format_at(self.at_ms)
+    def __post_init__(self) -> None:
+        self.at = wire.format_at(self.at_ms)
 
     def emit(
         self,
@@ -89,12 +102,38 @@ class _Tx:
         frame = self.encoder.encode(
             wire.Event(self.seq, self.at, kind, channel, sender, message)
         )
-        self.conn.execute(
-            "INSERT INTO events(seq, at_ms, channel_id, frame) VALUES (?,?,?,?)",
-            (self.seq, self.at_ms, channel.id, frame),
-        )
+        self.new_events.append((self.seq, self.at_ms, channel.id, frame))
         self.events.append(Published(self.seq, channel.id, frame))
         return self.seq
+
+    def flush(self) -> None:
+        conn = self.conn
+        if self.new_events:
+            conn.executemany(
+                "INSERT INTO events(seq, at_ms, channel_id, frame) VALUES (?,?,?,?)",
+                self.new_events,
+            )
+            self.new_events.clear()
+        if self.new_messages:
+            conn.executemany(
+                "INSERT INTO messages(seq, id, channel_id, sender_id, sender_name, at_ms, body)"
+                " VALUES (?,?,?,?,?,?,?)",
+                self.new_messages,
+            )
+            self.new_messages.clear()
+        if self.new_nonces:
+            conn.executemany(
+                "INSERT INTO nonces(user_id, nonce, message_id, seq, at_ms, channel_id,"
+                " channel_name) VALUES (?,?,?,?,?,?,?)",
+                self.new_nonces,
+            )
+            self.new_nonces.clear()
+        if self.active:
+            conn.executemany(
+                "UPDATE channels SET active_ms = ? WHERE id = ?",
+                [(at_ms, cid) for cid, at_ms in self.active.items()],
+            )
+            self.active.clear()
 
     def delete_messages(self, channel: wire.Channel, rows: list[tuple[str, int]]) -> None:
         """Delete messages (id, seq) of one channel: emit message.deleted, drop the body."""
@@ -132,6 +171,7 @@ class SqliteStore:
         self._dirty: set[aiosqlite.Connection] = set()
         # Used on the writer thread only.
         self._encoder = msgspec.json.Encoder()
+        self._channels: dict[str, tuple[wire.Channel, str]] = {}
 
     # ------------------------------------------------------------ lifecycle
 
@@ -183,6 +223,7 @@ class SqliteStore:
         self._horizon = int(meta["horizon"])
         row = conn.execute("SELECT max(at_ms) FROM events").fetchone()
         self._last_at = int(row[0] or 0)
+        self._load_channels(conn)
         self._w = conn
 
     @staticmethod
@@ -221,6 +262,24 @@ class SqliteStore:
         return result
 
     def _apply(self, ops: list[Operation], now_ms: int) -> tuple[list[Result], list[Published]]:
+        try:
+            return self._apply_batch(ops, now_ms, careful=False)
+        except Exception:
+            # Something failed that is not a refusal (a bug, a constraint): redo the
+            # batch with one savepoint per operation so that only that one fails.
+            log.warning("batch of %d failed; retrying one operation at a time", len(ops))
+            return self._apply_batch(ops, now_ms, careful=True)
+
+    def _apply_batch(
+        self, ops: list[Operation], now_ms: int, *, careful: bool
+    ) -> tuple[list[Result], list[Published]]:
+        """Apply ``ops`` in one transaction.
+
+        Fast path (``careful=False``): every operation raises its ProtocolError
+        (not_found, forbidden, conflict) before it writes anything, so a refused
+        operation needs no savepoint to undo it. Any other exception aborts the
+        batch; :meth:`_apply` then runs it carefully, with a savepoint each.
+        """
         conn = self._w
         assert conn is not None
         # Timestamps never go backwards along the sequence, even if the clock does.
@@ -229,30 +288,58 @@ class SqliteStore:
         conn.execute("BEGIN IMMEDIATE")
         try:
             for op in ops:
-                seq, n_events = tx.seq, len(tx.events)
-                conn.execute("SAVEPOINT op")
+                if type(op) is not SendMessage or careful:
+                    tx.flush()
+                if careful:
+                    results.append(self._apply_one_carefully(tx, op))
+                    continue
                 try:
                     results.append(_APPLY[type(op)](self, tx, op))
-                    conn.execute("RELEASE op")
-                except Exception as exc:
-                    conn.execute("ROLLBACK TO op")
-                    conn.execute("RELEASE op")
-                    tx.seq = seq
-                    del tx.events[n_events:]
-                    if not isinstance(exc, ProtocolError):
-                        log.exception("store: %s failed", type(op).__name__)
-                        exc = InternalError("internal error")
+                except ProtocolError as exc:
                     results.append(exc)
+            tx.flush()
             if tx.seq != self._seq:
                 conn.execute("UPDATE meta SET value = ? WHERE key = 'seq'", (str(tx.seq),))
             conn.execute("COMMIT")
         except BaseException:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
+            self._load_channels(conn)
             raise
         self._seq = tx.seq
         self._last_at = tx.at_ms
         return results, tx.events
+
+    def _apply_one_carefully(self, tx: _Tx, op: Operation) -> Result:
+        conn = tx.conn
+        seq, n_events = tx.seq, len(tx.events)
+        conn.execute("SAVEPOINT op")
+        try:
+            result = _APPLY[type(op)](self, tx, op)
+            tx.flush()
+            conn.execute("RELEASE op")
+            return result
+        except Exception as exc:
+            conn.execute("ROLLBACK TO op")
+            conn.execute("RELEASE op")
+            tx.seq = seq
+            del tx.events[n_events:]
+            tx.new_events.clear()
+            tx.new_messages.clear()
+            tx.new_nonces.clear()
+            tx.active.clear()
+            self._load_channels(conn)
+            if isinstance(exc, ProtocolError):
+                return exc
+            log.exception("store: %s failed", type(op).__name__)
+            return InternalError("internal error")
+
+    def _load_channels(self, conn: sqlite3.Connection) -> None:
+        """The writer's copy of the channel table (it is the only writer)."""
+        self._channels = {
+            cid: (wire.Channel(cid, name), creator)
+            for cid, name, creator in conn.execute("SELECT id, name, creator_id FROM channels")
+        }
 
     def _create_user(self, tx: _Tx, op: CreateUser) -> StoredUser:
         row = tx.conn.execute(
@@ -289,25 +376,29 @@ class SqliteStore:
             " VALUES (?,?,?,?,?,?)",
             (channel.id, op.name, op.key, op.user.id, seq, tx.at_ms),
         )
+        self._channels[channel.id] = (channel, op.user.id)
         return channel
 
-    def _channel(self, tx: _Tx, channel_id: str) -> tuple[wire.Channel, str]:
-        row = tx.conn.execute(
-            "SELECT name, creator_id FROM channels WHERE id = ?", (channel_id,)
-        ).fetchone()
-        if row is None:
+    def _channel(self, channel_id: str) -> tuple[wire.Channel, str]:
+        """(channel, creator id) from the writer's copy of the channel table."""
+        found = self._channels.get(channel_id)
+        if found is None:
             raise NotFound(f"channel: no channel {channel_id!r}")
-        return wire.Channel(channel_id, row[0]), row[1]
+        return found
 
     def _delete_channel(self, tx: _Tx, op: DeleteChannel) -> wire.Channel:
-        channel, creator = self._channel(tx, op.channel_id)
+        channel, creator = self._channel(op.channel_id)
         if creator != op.user.id:
             raise Forbidden("channel: only its creator may delete it")
         tx.delete_channel(channel)
+        del self._channels[channel.id]
         return channel
 
     def _send(self, tx: _Tx, op: SendMessage) -> Sent:
         if op.nonce is not None:
+            first = tx.nonces.get((op.user.id, op.nonce))
+            if first is not None:
+                return first
             row = tx.conn.execute(
                 "SELECT n.message_id, n.seq, n.at_ms, n.channel_id, n.channel_name, m.body"
                 " FROM nonces n LEFT JOIN messages m ON m.id = n.message_id"
@@ -323,27 +414,23 @@ class SqliteStore:
                     body if body is not None else op.body,
                 )
                 return Sent(message, wire.Channel(channel_id, channel_name))
-        channel, _ = self._channel(tx, op.channel_id)
+        channel, _ = self._channel(op.channel_id)
         message_id = new_id("M")
         seq = tx.emit(
             "message.sent", channel, sender=op.user,
             message=wire.EventMessage(message_id, op.body),
         )
-        tx.conn.execute(
-            "INSERT INTO messages(seq, id, channel_id, sender_id, sender_name, at_ms, body)"
-            " VALUES (?,?,?,?,?,?,?)",
-            (seq, message_id, channel.id, op.user.id, op.user.name, tx.at_ms, op.body),
+        tx.new_messages.append(
+            (seq, message_id, channel.id, op.user.id, op.user.name, tx.at_ms, op.body)
         )
-        tx.conn.execute(
-            "UPDATE channels SET active_ms = ? WHERE id = ?", (tx.at_ms, channel.id)
-        )
+        tx.active[channel.id] = tx.at_ms
+        sent = Sent(wire.Message(message_id, seq, tx.at, op.user, op.body), channel)
         if op.nonce is not None:
-            tx.conn.execute(
-                "INSERT INTO nonces(user_id, nonce, message_id, seq, at_ms, channel_id,"
-                " channel_name) VALUES (?,?,?,?,?,?,?)",
-                (op.user.id, op.nonce, message_id, seq, tx.at_ms, channel.id, channel.name),
+            tx.new_nonces.append(
+                (op.user.id, op.nonce, message_id, seq, tx.at_ms, channel.id, channel.name)
             )
-        return Sent(wire.Message(message_id, seq, tx.at, op.user, op.body), channel)
+            tx.nonces[(op.user.id, op.nonce)] = sent
+        return sent
 
     def _delete_message(self, tx: _Tx, op: DeleteMessage) -> tuple[str, wire.Channel]:
         row = tx.conn.execute(
@@ -354,7 +441,7 @@ class SqliteStore:
         seq, channel_id, sender_id = row
         if sender_id != op.user.id:
             raise Forbidden("message: only its sender may delete it")
-        channel, _ = self._channel(tx, channel_id)
+        channel, _ = self._channel(channel_id)
         tx.delete_messages(channel, [(op.message_id, seq)])
         return op.message_id, channel
 
@@ -378,6 +465,7 @@ class SqliteStore:
             ).fetchall()
             for channel_id, name in idle:
                 dropped = tx.delete_channel(wire.Channel(channel_id, name))
+                self._channels.pop(channel_id, None)
                 messages += dropped
                 channels += 1
                 budget -= 1 + dropped
