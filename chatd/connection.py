@@ -22,7 +22,6 @@ import asyncio
 import logging
 import math
 import time
-from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
@@ -67,6 +66,11 @@ CLOSE_POLICY = 1008
 
 
 class Session:
+    __slots__ = (
+        "_auth_failures", "_bad_frames", "_bucket", "_ever_logged_in", "_reads", "_slots",
+        "address", "app", "conn", "sub", "token_hash", "user",
+    )
+
     def __init__(self, app: App, conn: ServerConnection, address: str = "?") -> None:
         self.app = app
         self.conn = conn
@@ -79,7 +83,9 @@ class Session:
         self.user: wire.User | None = None
         self.token_hash: bytes | None = None
         self.sub: Subscription | None = None
-        self._slots: deque[bytes | asyncio.Task[bytes | None]] = deque()
+        # A list, not a deque: at most max_inflight entries, and an idle connection
+        # should not carry a deque's 500-byte block.
+        self._slots: list[bytes | asyncio.Task[bytes | None]] = []
         self._bad_frames = 0
 
     # ----------------------------------------------------------- the read loop
@@ -216,7 +222,7 @@ class Session:
                 frame = head.result()
             else:
                 return
-            slots.popleft()
+            del slots[0]
             if frame is not None:
                 write(self.conn, frame)
 

@@ -109,6 +109,8 @@ async def close_or_abort(conn: Connection, code: int, reason: str, grace: float 
 
 
 class Subscription:
+    __slots__ = ("_task", "channels", "closed", "conn", "cursor", "hub", "lagging", "live")
+
     def __init__(
         self, hub: Hub, conn: Connection, channels: frozenset[str] | None, cursor: int
     ) -> None:
