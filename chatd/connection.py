@@ -68,7 +68,7 @@ CLOSE_POLICY = 1008
 class Session:
     __slots__ = (
         "_auth_failures", "_bad_frames", "_bucket", "_ever_logged_in", "_reads", "_slots",
-        "address", "app", "conn", "sub", "token_hash", "user",
+        "_timer", "address", "app", "conn", "sub", "token_hash", "user",
     )
 
     def __init__(self, app: App, conn: ServerConnection, address: str = "?") -> None:
@@ -80,6 +80,7 @@ class Session:
         self._auth_failures = 0
         self._reads = asyncio.Lock()
         self._ever_logged_in = False
+        self._timer: asyncio.TimerHandle | None = None
         self.user: wire.User | None = None
         self.token_hash: bytes | None = None
         self.sub: Subscription | None = None
@@ -93,6 +94,7 @@ class Session:
     async def run(self) -> None:
         cfg = self.app.config
         timer = asyncio.get_running_loop().call_later(cfg.login_timeout, self._login_timeout)
+        self._timer = timer
         try:
             async for data in self.conn:
                 cmd = self._decode(data)
@@ -121,7 +123,14 @@ class Session:
             pass
         finally:
             timer.cancel()
+            self._timer = None
             self._end()
+
+    def _logged_in_once(self) -> None:
+        self._ever_logged_in = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
 
     def _login_timeout(self) -> None:
         if not self._ever_logged_in:
@@ -297,7 +306,7 @@ class Session:
         expires = int((self.app.clock() + self.app.config.token_ttl) * 1000)
         await self.app.writer.submit(IssueToken(user.id, token_hash, expires))
         self.user, self.token_hash = wire.User(user.id, user.name), token_hash
-        self._ever_logged_in = True
+        self._logged_in_once()
         return wire.LoginOk(ref, self.user, token)
 
     async def _auth(self, cmd: wire.Auth) -> wire.AuthOk:
@@ -308,7 +317,7 @@ class Session:
             self._failed_login(None)
             raise Unauthorized("token: unknown or expired")
         self.user, self.token_hash = user, token_hash
-        self._ever_logged_in = True
+        self._logged_in_once()
         return wire.AuthOk(cmd.ref, user)
 
     async def _logout(self, cmd: wire.Logout) -> wire.Ok:
