@@ -13,7 +13,7 @@ import logging
 import os
 import sys
 import textwrap
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -160,6 +160,9 @@ def add_serve(
     p.add_argument("--log-format", default=_env("log_format", d.log_format),
                    choices=["text", "json"],
                    help="log line format (env CHATD_LOG_FORMAT; default text)")
+    p.add_argument("--loop", default=_env("loop", d.loop), choices=["auto", "uvloop", "asyncio"],
+                   help="event loop: uvloop when installed (pip install 'chatd[speed]'), or "
+                   "asyncio (env CHATD_LOOP; default auto)")
     p.add_argument("--scrypt-n", type=int, default=_env("scrypt_n", d.scrypt_n, int),
                    help=argparse.SUPPRESS)
     p.set_defaults(func=run_serve)
@@ -200,6 +203,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
         login_timeout=args.login_timeout,
         log_level=args.log_level,
         log_format=args.log_format,
+        loop=args.loop,
         scrypt_n=args.scrypt_n,
     )
 
@@ -249,21 +253,39 @@ def run_serve(args: argparse.Namespace) -> int:
 
     def listening(host: str, port: int) -> None:
         shown = f"[{host}]" if ":" in host else host
+        loop = type(asyncio.get_running_loop()).__module__.split(".")[0]
         listen_log.info(
-            "serving on ws://%s:%d/ws (web page http://%s:%d/) with db %s",
-            shown, port, shown, port, os.path.abspath(config.db),
+            "serving on ws://%s:%d/ws (web page http://%s:%d/) with db %s (loop: %s)",
+            shown, port, shown, port, os.path.abspath(config.db), loop,
             extra={"event": "listening", "host": host, "port": port,
                    "db": os.path.abspath(config.db)},
         )
 
     try:
-        asyncio.run(_run(config, listening))
+        _loop_runner(config.loop)(_run(config, listening))
+    except ImportError as exc:
+        log.error("cannot serve: --loop %s: %s", config.loop, exc)
+        return 1
     except KeyboardInterrupt:
         pass
     except OSError as exc:
         log.error("cannot serve: %s", exc)
         return 1
     return 0
+
+
+def _loop_runner(choice: str) -> Callable[[Coroutine[Any, Any, None]], None]:
+    """asyncio.run, or uvloop's when asked for or (with "auto") installed."""
+    if choice == "asyncio":
+        return asyncio.run
+    try:
+        import uvloop
+    except ImportError:
+        if choice == "uvloop":
+            raise
+        return asyncio.run
+    run: Callable[[Coroutine[Any, Any, None]], None] = uvloop.run
+    return run
 
 
 async def _run(config: Config, listening: Callable[[str, int], None]) -> None:

@@ -102,6 +102,9 @@ class Config:
     log_level: str = "info"
     log_format: str = "text"
 
+    #: event loop: "auto" (uvloop when installed), "uvloop" or "asyncio".
+    loop: str = "auto"
+
     #: scrypt cost parameter n (memory = 128 * n * r bytes); tests may lower it.
     scrypt_n: int = 2**14
 

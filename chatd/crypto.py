@@ -12,19 +12,13 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import os
 import secrets
-
-_ID_ALPHABET = "0123456789abcdefghjkmnpqrstvwxyz"  # Crockford base32, lower case
 
 
 def new_id(namespace: str) -> str:
-    """``namespace`` letter + 20 base32 characters (100 random bits)."""
-    n = secrets.randbits(100)
-    chars = []
-    for _ in range(20):
-        chars.append(_ID_ALPHABET[n & 31])
-        n >>= 5
-    return namespace + "".join(chars)
+    """``namespace`` letter + 20 lower-case base32 characters (100 random bits)."""
+    return namespace + base64.b32encode(os.urandom(13)).decode("ascii")[:20].lower()
 
 
 def new_epoch() -> str:
