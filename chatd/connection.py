@@ -93,8 +93,9 @@ class Session:
 
     async def run(self) -> None:
         cfg = self.app.config
-        timer = asyncio.get_running_loop().call_later(cfg.login_timeout, self._login_timeout)
-        self._timer = timer
+        self._timer = asyncio.get_running_loop().call_later(
+            cfg.login_timeout, self._login_timeout
+        )
         try:
             async for data in self.conn:
                 cmd = self._decode(data)
@@ -108,7 +109,7 @@ class Session:
                     if frame is not None:
                         write(self.conn, frame)
                     if self._auth_failures >= cfg.max_login_failures_per_conn:
-                        await self.conn.close(CLOSE_POLICY, "too many failed logins")
+                        await close_or_abort(self.conn, CLOSE_POLICY, "too many failed logins")
                         return
                 else:
                     task = asyncio.create_task(self._reply(cmd))
@@ -122,8 +123,6 @@ class Session:
         except ConnectionClosed:
             pass
         finally:
-            timer.cancel()
-            self._timer = None
             self._end()
 
     def _logged_in_once(self) -> None:
@@ -255,6 +254,9 @@ class Session:
             await asyncio.sleep(0.02)
 
     def _end(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         if self.sub is not None:
             self.app.hub.unsubscribe(self.sub)
             self.sub = None
