@@ -143,8 +143,8 @@ class Session:
         if not wait:
             return False
         retry_after = math.ceil(wait * 1000) / 1000
-        op = type(cmd).__struct_config__.tag
-        self.app.metrics.commands.labels(str(op), RateLimited.code).inc()
+        op = str(type(cmd).__struct_config__.tag)
+        self.app.metrics.command(op, RateLimited.code)
         self._slots.append(
             wire.encode(
                 wire.Error(
@@ -176,7 +176,7 @@ class Session:
         return cmd
 
     def _bad(self, ref: wire.Ref, message: str) -> None:
-        self.app.metrics.commands.labels("?", "bad_request").inc()
+        self.app.metrics.command("?", BadRequest.code)
         self._slots.append(wire.encode(wire.Error(ref, BadRequest.code, message)))
         self._flush()
         self._count_frame(bad=True)
@@ -192,7 +192,7 @@ class Session:
 
     async def _reply(self, cmd: wire.Command) -> bytes | None:
         """Run one command; its reply frame, ok or error. Never raises."""
-        op = type(cmd).__struct_config__.tag
+        op = str(type(cmd).__struct_config__.tag)
         started = time.perf_counter()
         try:
             if self.app.draining:
@@ -202,14 +202,14 @@ class Session:
             reply = await _HANDLERS[type(cmd)](self, cmd)
         except ProtocolError as exc:
             self._count_frame(bad=isinstance(exc, BadRequest))
-            self.app.metrics.commands.labels(op, exc.code).inc()
+            self.app.metrics.command(op, exc.code)
             return wire.encode(wire.Error(cmd.ref, exc.code, exc.message, **exc.details))
         except Exception:
             log.exception("internal error in %s", op)
-            self.app.metrics.commands.labels(op, "internal").inc()
+            self.app.metrics.command(op, InternalError.code)
             return wire.encode(wire.Error(cmd.ref, InternalError.code, "internal error"))
         self._count_frame(bad=False)
-        self.app.metrics.commands.labels(op, "ok").inc()
+        self.app.metrics.command(op, "ok")
         if isinstance(cmd, wire.Send):
             self.app.metrics.send_latency.observe(time.perf_counter() - started)
         return None if reply is None else wire.encode(reply)

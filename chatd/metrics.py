@@ -25,6 +25,7 @@ class Metrics:
         self.commands = Counter(
             "chatd_commands", "Commands by op and outcome", ["op", "outcome"], registry=r
         )
+        self._commands: dict[tuple[str, str], Counter] = {}
         self.send_latency = Histogram(
             "chatd_send_ack_seconds",
             "Time from receiving a send to writing its ok",
@@ -59,6 +60,13 @@ class Metrics:
         self.subscribers.set_function(subscribers)
         self.lagging.set_function(lagging)
         self.current_seq.set_function(seq)
+
+    def command(self, op: str, outcome: str) -> None:
+        """Count one command; the labelled child is looked up once per (op, outcome)."""
+        child = self._commands.get((op, outcome))
+        if child is None:
+            child = self._commands[(op, outcome)] = self.commands.labels(op, outcome)
+        child.inc()
 
     def batch(self, size: int, seconds: float) -> None:
         self.batch_size.observe(size)
