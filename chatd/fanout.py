@@ -207,7 +207,6 @@ class Hub:
         self._closing: set[asyncio.Task[None]] = set()
         self.subscribers = 0
         self.lagging = 0
-        self.lag_events = 0
 
     def subscribe(
         self, conn: Connection, channels: frozenset[str] | None, since: int | None
@@ -282,6 +281,5 @@ class Hub:
                 write_frames(sub.conn, data)
         for sub in lagging:
             del self._live[sub]
-            self.lag_events += 1
             self._set_lagging(sub, True)
             sub.catch_up()
