@@ -300,14 +300,15 @@ async def healthz_seq(http: str) -> int:
     return seq
 
 
-def _db_rows(db: Path) -> list[tuple[str, tuple[Any, ...]]]:
+def read_db_rows(db: Path) -> list[tuple[str, tuple[Any, ...]]]:
+    """Every row of every table, read-only, in a stable order."""
     conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=30)
     try:
         tables = [r[0] for r in conn.execute(
             "SELECT name FROM sqlite_master WHERE type='table' AND name NOT LIKE 'sqlite_%'")]
         rows: list[tuple[str, tuple[Any, ...]]] = []
         for t in tables:
-            rows += [(t, r) for r in conn.execute(f'SELECT * FROM "{t}"')]
+            rows += [(t, r) for r in conn.execute(f'SELECT * FROM "{t}" ORDER BY 1')]
         return rows
     finally:
         conn.close()
@@ -315,7 +316,7 @@ def _db_rows(db: Path) -> list[tuple[str, tuple[Any, ...]]]:
 
 async def db_rows(db: Path) -> list[tuple[str, tuple[Any, ...]]]:
     """Every row of every table of the daemon's sqlite file (read-only, schema-agnostic)."""
-    return await asyncio.to_thread(_db_rows, db)
+    return await asyncio.to_thread(read_db_rows, db)
 
 
 def _db_pragma(db: Path, pragma: str) -> Any:

@@ -49,7 +49,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection
 from websockets.sync.client import connect as sync_connect
 
-from .helpers import PASSWORD, all_history, client, http_get, stored_log
+from .helpers import PASSWORD, all_history, client, http_get, read_db_rows, stored_log
 from .support import UNIT, WS, Daemon
 
 T = TypeVar("T")
@@ -153,16 +153,7 @@ class Harness:
             self.slots["msg_own"] = r["message"]["id"]
 
     def rows(self) -> list[tuple[str, tuple[Any, ...]]]:
-        conn = sqlite3.connect(f"file:{self.daemon.db}?mode=ro", uri=True, timeout=30)
-        try:
-            tables = [r[0] for r in conn.execute(
-                "SELECT name FROM sqlite_master WHERE type='table' AND name NOT LIKE 'sqlite_%'")]
-            out: list[tuple[str, tuple[Any, ...]]] = []
-            for t in tables:
-                out += [(t, r) for r in conn.execute(f'SELECT * FROM "{t}" ORDER BY 1')]
-            return out
-        finally:
-            conn.close()
+        return read_db_rows(self.daemon.db)
 
     def fill(self, value: Any) -> Any:
         if isinstance(value, Slot):
