@@ -74,8 +74,7 @@ class Daemon:
         env["PYTHONPATH"] = os.pathsep.join(
             p for p in (str(REPO), env.get("PYTHONPATH", "")) if p
         )
-        cmd = [sys.executable, "-m", "chatd", "serve", "--db", str(self.db), "--port", "0",
-               *SERVE_ARGS, *self.extra]
+        cmd = self.command()
         self.proc = subprocess.Popen(
             cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
             env=env, cwd=str(REPO),
@@ -106,6 +105,10 @@ class Daemon:
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 self.stop()
                 raise RuntimeError("chatd did not start:\n" + "\n".join(self.log[-30:]))
+
+    def command(self) -> list[str]:
+        return [sys.executable, "-m", "chatd", "serve", "--db", str(self.db), "--port", "0",
+                *SERVE_ARGS, *self.extra]
 
     def cpu(self) -> float:
         return proc_cpu(self.pid)
@@ -146,3 +149,13 @@ class Daemon:
             self._drain.join(5)
         self.proc = None
         return proc.returncode
+
+
+class EchoServer(Daemon):
+    """``python -m bench.echo``: answers every command, stores nothing (S1's floor)."""
+
+    def __init__(self) -> None:
+        super().__init__(Path("/nonexistent"))
+
+    def command(self) -> list[str]:
+        return [sys.executable, "-m", "bench.echo"]

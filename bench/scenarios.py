@@ -20,7 +20,7 @@ from typing import Any
 import msgspec
 import websockets
 
-from .daemon import REPO, Daemon, machine_busy
+from .daemon import REPO, Daemon, EchoServer, machine_busy
 from .stats import hist_percentiles, merge, ms, percentile
 from .workers import Pool, split
 
@@ -311,45 +311,77 @@ def run_s1(b: Bench) -> list[Row]:
             pool.gather(120, "ready")
             before = ceiling_slice(b)
             for k in sz.s1_ks:
-                use = split(k, sz.sender_workers)
                 m0 = d.metrics()
-                t_start = time.time() + 0.5
-                for w, u in zip(pool.workers, use, strict=True):
-                    w.send("go", u, t_start, sz.s1_duration)
-                wait_until(t_start)
-                win = Window(d)
-                wait_until(t_start + sz.s1_duration)
-                win.end()
-                results = pool.gather(sz.s1_duration + 120, "done")
-                m1 = d.metrics()
-                active = [r for r, u in zip(results, use, strict=True) if u]
-                for r in results:
-                    for e in r["errors"]:
-                        b.failures.append(f"S1 K={k}: {e}")
-                lat = sorted(x for r in results for x in r["latencies"])
-                acks = len(lat)
-                rate = acks / sz.s1_duration
+                rate, lat, detail = _s1_round(b, pool, d, k)
+                detail.update(_commit_stats(m0, d.metrics(), sz.s1_duration))
                 p50, p99 = percentile(lat, 50), percentile(lat, 99)
-                cpu = win.detail(active)
-                detail = {
-                    "k": k, "acks": acks, "p50_ms": ms(p50), "p99_ms": ms(p99),
-                    "max_ms": ms(lat[-1]) if lat else None, **cpu,
-                    **_commit_stats(m0, m1, sz.s1_duration),
-                }
                 after = ceiling_slice(b)
                 around = (before + after) / 2
                 detail["ceiling_rows_per_s"] = round(around)
-                cost = daemon_cost(detail, acks, "ack")
+                cost = daemon_cost(detail, len(lat), "ack")
                 row = Row(f"S1 K={k}", rate, "msg/s", detail=detail, ratio=rate / around,
-                          note=f"p50 {ms(p50)} ms, p99 {ms(p99)} ms; {cost}; " + cpu_note(cpu)
-                          + f"; ceiling around it {around:,.0f} rows/s")
+                          note=f"p50 {ms(p50)} ms, p99 {ms(p99)} ms; {cost}; "
+                          + cpu_note(detail) + f"; ceiling around it {around:,.0f} rows/s")
                 if k == max(sz.s1_ks):
                     row.target = ">= 40% of ceiling, p99 ack <= 50 ms"
                     row.status = verdict(rate / around >= 0.40 and p99 <= 0.050)
                 rows.append(row)
                 before = after
                 log(f"S1 K={k}: {rate:.0f} msg/s, p50 {ms(p50)} ms, p99 {ms(p99)} ms")
+    rows.append(s1_floor(b, max(sz.s1_ks), before))
     return rows
+
+
+def s1_floor(b: Bench, k: int, ceiling: float) -> Row:
+    """The same closed-loop load against ``bench.echo``, which answers and stores
+    nothing: what the WebSocket library, the event loop and the kernel cost per
+    ack here, with the same load generator. chatd cannot go faster than this."""
+    sz = b.sizes
+    echo = EchoServer()
+    echo.start()
+    try:
+        params = {"host": echo.host, "port": echo.port, "client": b.client, "loop": b.loop,
+                  "body": sz.body, "token": "-", "channel": "-"}
+        per = split(k, sz.sender_workers)
+        with Pool("senders", [{**params, "conns": n} for n in per]) as pool:
+            pool.gather(120, "ready")
+            rate, lat, detail = _s1_round(b, pool, echo, k)
+    finally:
+        echo.stop()
+    p50, p99 = percentile(lat, 50), percentile(lat, 99)
+    cost = daemon_cost(detail, len(lat), "ack").replace("daemon", "echo server")
+    log(f"S1 floor K={k}: {rate:.0f} msg/s")
+    return Row(f"S1 floor K={k}", rate, "msg/s", detail={"k": k, **detail},
+               ratio=rate / ceiling,
+               note=f"the same load against bench/echo.py (websockets, answers every send "
+               f"with an ok, stores nothing); p50 {ms(p50)} ms, p99 {ms(p99)} ms; {cost}; "
+               + cpu_note(detail).replace("daemon", "echo server"))
+
+
+def _s1_round(
+    b: Bench, pool: Pool, server: Daemon, k: int
+) -> tuple[float, list[float], dict[str, Any]]:
+    """k of the pool's connections send in a closed loop for s1_duration:
+    (acks/s, sorted latencies, CPU detail)."""
+    sz = b.sizes
+    use = split(k, sz.sender_workers)
+    t_start = time.time() + 0.5
+    for w, u in zip(pool.workers, use, strict=True):
+        w.send("go", u, t_start, sz.s1_duration)
+    wait_until(t_start)
+    win = Window(server)
+    wait_until(t_start + sz.s1_duration)
+    win.end()
+    results = pool.gather(sz.s1_duration + 120, "done")
+    active = [r for r, u in zip(results, use, strict=True) if u]
+    for r in results:
+        for e in r["errors"]:
+            b.failures.append(f"S1 K={k}: {e}")
+    lat = sorted(x for r in results for x in r["latencies"])
+    p50, p99 = percentile(lat, 50), percentile(lat, 99)
+    detail = {"k": k, "acks": len(lat), "p50_ms": ms(p50), "p99_ms": ms(p99),
+              "max_ms": ms(lat[-1]) if lat else None, **win.detail(active)}
+    return len(lat) / sz.s1_duration, lat, detail
 
 
 def _commit_stats(m0: dict[str, float], m1: dict[str, float], wall: float) -> dict[str, Any]:

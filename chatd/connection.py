@@ -93,9 +93,8 @@ class Session:
 
     async def run(self) -> None:
         cfg = self.app.config
-        self._timer = asyncio.get_running_loop().call_later(
-            cfg.login_timeout, self._login_timeout
-        )
+        loop = asyncio.get_running_loop()
+        self._timer = loop.call_later(cfg.login_timeout, self._login_timeout)
         try:
             async for data in self.conn:
                 cmd = self._decode(data)
@@ -112,7 +111,8 @@ class Session:
                         await close_or_abort(self.conn, CLOSE_POLICY, "too many failed logins")
                         return
                 else:
-                    task = asyncio.create_task(self._reply(cmd))
+                    # loop.create_task: asyncio.create_task looks the loop up each time.
+                    task = loop.create_task(self._reply(cmd))
                     task.add_done_callback(self._flush)
                     self._slots.append(task)
                 while len(self._slots) >= cfg.max_inflight:

@@ -29,7 +29,7 @@ import aiosqlite
 import msgspec
 
 from . import wire
-from .crypto import new_epoch, new_id
+from .crypto import new_epoch, new_id, new_ordered_id
 from .exceptions import Conflict, Forbidden, InternalError, NotFound, ProtocolError
 from .store import (
     Batch,
@@ -257,11 +257,16 @@ class SqliteStore:
         self, ops: list[Operation], now_ms: int
     ) -> tuple[list[Result], list[Published]]:
         result: tuple[list[Result], list[Published]] = await self._on_writer(
-            self._apply, ops, now_ms
+            self.apply_here, ops, now_ms
         )
         return result
 
-    def _apply(self, ops: list[Operation], now_ms: int) -> tuple[list[Result], list[Published]]:
+    async def run_on_writer(self, fn: Callable[[], None]) -> None:
+        await self._on_writer(fn)
+
+    def apply_here(
+        self, ops: list[Operation], now_ms: int
+    ) -> tuple[list[Result], list[Published]]:
         try:
             return self._apply_batch(ops, now_ms, careful=False)
         except Exception:
@@ -278,7 +283,7 @@ class SqliteStore:
         Fast path (``careful=False``): every operation raises its ProtocolError
         (not_found, forbidden, conflict) before it writes anything, so a refused
         operation needs no savepoint to undo it. Any other exception aborts the
-        batch; :meth:`_apply` then runs it carefully, with a savepoint each.
+        batch; :meth:`apply_here` then runs it carefully, with a savepoint each.
         """
         conn = self._w
         assert conn is not None
@@ -415,7 +420,8 @@ class SqliteStore:
                 )
                 return Sent(message, wire.Channel(channel_id, channel_name))
         channel, _ = self._channel(op.channel_id)
-        message_id = new_id("M")
+        # The event about to be emitted gets tx.seq + 1.
+        message_id = new_ordered_id("M", tx.seq + 1)
         seq = tx.emit(
             "message.sent", channel, sender=op.user,
             message=wire.EventMessage(message_id, op.body),

@@ -16,6 +16,7 @@ PostgreSQL store would implement the same :class:`Store` protocol.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -147,7 +148,19 @@ class Store(Protocol):
 
     async def apply(
         self, ops: list[Operation], now_ms: int
-    ) -> tuple[list[Result], list[Published]]: ...
+    ) -> tuple[list[Result], list[Published]]:
+        """Apply ``ops`` in one transaction (from the event loop)."""
+        ...
+
+    async def run_on_writer(self, fn: Callable[[], None]) -> None:
+        """Run ``fn`` on the store's writing thread; it may call :meth:`apply_here`."""
+        ...
+
+    def apply_here(
+        self, ops: list[Operation], now_ms: int
+    ) -> tuple[list[Result], list[Published]]:
+        """:meth:`apply`, called on the writing thread, inside :meth:`run_on_writer`."""
+        ...
 
     async def position(self) -> tuple[int, int]:
         """(current seq, horizon) from one snapshot."""

@@ -138,6 +138,16 @@ def test_passwords_and_tokens() -> None:
     assert ident[0] == "C" and len(ident) == 21
 
 
+def test_ordered_ids_sort_by_their_number() -> None:
+    numbers = [0, 1, 2, 31, 32, 1_000, 2**32, 2**53, 2**63 - 1]
+    ids = [crypto.new_ordered_id("M", n) for n in numbers]
+    assert ids == sorted(ids)
+    assert all(i[0] == "M" and len(i) == 21 for i in ids)
+    assert all(c in "0123456789abcdefghijklmnopqrstuv" for i in ids for c in i[1:])
+    # The random tail keeps ids of the same number apart.
+    assert len({crypto.new_ordered_id("M", 7) for _ in range(100)}) == 100
+
+
 def test_error_from_code() -> None:
     err = error_from_code("too_large", "body: too long", limit=4096)
     assert isinstance(err, TooLarge) and err.limit == 4096

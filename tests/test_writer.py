@@ -1,0 +1,129 @@
+"""Group commit (chatd/writer.py) over a real sqlite store: order, batching,
+failure, overload, close."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from chatd import wire
+from chatd.exceptions import Unavailable
+from chatd.sqlite_store import SqliteStore
+from chatd.store import CreateChannel, CreateUser, Operation, Published, Result, SendMessage, Sent
+from chatd.writer import Writer
+
+
+class FailingStore(SqliteStore):
+    """The real store, except that a batch holding a body of "boom" fails whole,
+    as if the disk had failed under it."""
+
+    def apply_here(
+        self, ops: list[Operation], now_ms: int
+    ) -> tuple[list[Result], list[Published]]:
+        if any(isinstance(op, SendMessage) and op.body == "boom" for op in ops):
+            raise OSError("disk I/O error")
+        return super().apply_here(ops, now_ms)
+
+
+class Harness:
+    def __init__(self, store: SqliteStore, **kw: Any) -> None:
+        self.store = store
+        self.published: list[int] = []
+        self.batches: list[int] = []
+        self.writer = Writer(
+            store, self._publish, on_batch=lambda n, _s: self.batches.append(n), **kw
+        )
+        self.me: wire.User | None = None
+        self.channel = ""
+
+    def _publish(self, events: list[Published]) -> None:
+        self.published += [e.seq for e in events]
+
+    async def setup(self) -> None:
+        await self.store.open()
+        self.writer.start()
+        user = await self.writer.submit(CreateUser("alice", "alice", "h"))
+        self.me = wire.User(user.id, user.name)
+        self.channel = (await self.writer.submit(CreateChannel(self.me, "g", "g"))).id
+
+    def send(self, body: str) -> SendMessage:
+        assert self.me is not None
+        return SendMessage(self.me, self.channel, body, None)
+
+
+@pytest.fixture
+async def h(tmp_path: Path) -> Any:
+    harness = Harness(SqliteStore(str(tmp_path / "w.db")))
+    await harness.setup()
+    yield harness
+    await harness.writer.close()
+    await harness.store.close()
+
+
+async def test_concurrent_sends_commit_in_groups_published_before_acked(h: Harness) -> None:
+    acked_after_publish: list[bool] = []
+
+    async def one(i: int) -> Sent:
+        sent: Sent = await h.writer.submit(h.send(f"m{i}"))
+        # By the time a caller has its ack, its event has been published.
+        acked_after_publish.append(sent.message.seq in h.published)
+        return sent
+
+    results = await asyncio.gather(*(one(i) for i in range(500)))
+    seqs = [r.message.seq for r in results]
+    assert sorted(seqs) == list(range(2, 502))  # seq 1 is the channel
+    assert h.published == list(range(1, 502)), "published in seq order, no gap"
+    assert all(acked_after_publish)
+    assert max(h.batches) > 1, "a burst of sends was committed in groups"
+    assert sum(h.batches) == 502
+    messages, _ = await h.store.history(h.channel, None, 1000)
+    assert [m.body for m in messages] == [f"m{i}" for i in range(500)]
+
+
+async def test_a_failed_commit_fails_its_batch_only(tmp_path: Path) -> None:
+    h = Harness(FailingStore(str(tmp_path / "f.db")))
+    await h.setup()
+    try:
+        ok_before = await h.writer.submit(h.send("before"))
+        with pytest.raises(Unavailable, match="storage failure"):
+            await h.writer.submit(h.send("boom"))
+        ok_after = await h.writer.submit(h.send("after"))
+        assert ok_after.message.seq == ok_before.message.seq + 1, "nothing of the failed batch"
+        messages, _ = await h.store.history(h.channel, None, 10)
+        assert [m.body for m in messages] == ["before", "after"]
+    finally:
+        await h.writer.close()
+        await h.store.close()
+
+
+async def test_overload_is_refused_not_queued(tmp_path: Path) -> None:
+    h = Harness(SqliteStore(str(tmp_path / "o.db")), max_pending=10)
+    await h.setup()
+    try:
+        outcomes = await asyncio.gather(
+            *(h.writer.submit(h.send(f"m{i}")) for i in range(200)), return_exceptions=True
+        )
+        refused = [o for o in outcomes if isinstance(o, Unavailable)]
+        stored = [o for o in outcomes if isinstance(o, Sent)]
+        assert refused and stored and len(refused) + len(stored) == 200
+        assert all("overloaded" in str(o) for o in refused)
+        messages, _ = await h.store.history(h.channel, None, 1000)
+        assert sorted(m.seq for m in messages) == sorted(s.message.seq for s in stored)
+    finally:
+        await h.writer.close()
+        await h.store.close()
+
+
+async def test_close_commits_what_is_pending_then_refuses(h: Harness) -> None:
+    pending = [asyncio.ensure_future(h.writer.submit(h.send(f"m{i}"))) for i in range(50)]
+    await asyncio.sleep(0)  # all 50 submitted
+    await h.writer.close()
+    assert all(p.done() for p in pending), "close() returned before every ack"
+    assert [p.result().message.body for p in pending] == [f"m{i}" for i in range(50)]
+    with pytest.raises(Unavailable, match="shutting down"):
+        await h.writer.submit(h.send("late"))
+    messages, _ = await h.store.history(h.channel, None, 100)
+    assert len(messages) == 50
