@@ -13,6 +13,7 @@ import base64
 import hashlib
 import hmac
 import os
+import random
 import secrets
 
 
@@ -21,16 +22,20 @@ def new_id(namespace: str) -> str:
     return namespace + base64.b32encode(os.urandom(13)).decode("ascii")[:20].lower()
 
 
-def new_ordered_id(namespace: str, n: int) -> str:
+def new_ordered_id(namespace: str, n: int, rng: random.Random) -> str:
     """Like :func:`new_id`, but ids made with a growing ``n`` sort in that order.
 
     ``namespace`` letter + 20 characters of base32 in its sort-preserving
-    alphabet (``0-9a-v``): ``n`` as 64 bits, then 36 random bits. Messages get
-    their seq as ``n``: a random id lands on a random page of the unique index on
-    message ids, so a commit of 32 sends dirtied ~32 index pages and wrote them
-    all to the WAL; ordered ids append to one page (docs/performance.md).
+    alphabet (``0-9a-v``): ``n`` as 64 bits, then 36 bits from ``rng``. Messages
+    get their seq as ``n``: a random id lands on a random page of the unique
+    index on message ids, so a commit of 32 sends dirtied ~32 index pages and
+    wrote them all to the WAL; ordered ids append to one page
+    (docs/performance.md). The tail only tells apart ids of different
+    databases, so it need not be unpredictable: a seeded PRNG costs no syscall
+    (``os.urandom`` also lets go of the GIL, which the writer then waits to get
+    back).
     """
-    raw = n.to_bytes(8, "big") + os.urandom(5)
+    raw = n.to_bytes(8, "big") + rng.getrandbits(40).to_bytes(5, "big")
     return namespace + base64.b32hexencode(raw).decode("ascii")[:20].lower()
 
 

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import random
 import sqlite3
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -172,6 +174,7 @@ class SqliteStore:
         # Used on the writer thread only.
         self._encoder = msgspec.json.Encoder()
         self._channels: dict[str, tuple[wire.Channel, str]] = {}
+        self._rng = random.Random(os.urandom(16))
 
     # ------------------------------------------------------------ lifecycle
 
@@ -421,7 +424,7 @@ class SqliteStore:
                 return Sent(message, wire.Channel(channel_id, channel_name))
         channel, _ = self._channel(op.channel_id)
         # The event about to be emitted gets tx.seq + 1.
-        message_id = new_ordered_id("M", tx.seq + 1)
+        message_id = new_ordered_id("M", tx.seq + 1, self._rng)
         seq = tx.emit(
             "message.sent", channel, sender=op.user,
             message=wire.EventMessage(message_id, op.body),
