@@ -31,7 +31,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
     p.add_argument("--only", default="",
                    help="comma-separated scenarios to run, of " + ",".join(SCENARIOS)
-                   + " (default: all; S1 runs the ceiling too, around each of its runs)")
+                   + " (default: all; S1 runs the ceiling too, around each of its runs,"
+                   " and ends with its floor)")
     p.add_argument("--quick", action="store_true",
                    help="small sizes and short durations: a smoke run under a minute")
     p.add_argument("--s1-k", default="", metavar="K,K,...",
