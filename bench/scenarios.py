@@ -328,7 +328,12 @@ def run_s1(b: Bench) -> list[Row]:
                 rows.append(row)
                 before = after
                 log(f"S1 K={k}: {rate:.0f} msg/s, p50 {ms(p50)} ms, p99 {ms(p99)} ms")
-    rows.append(s1_floor(b, max(sz.s1_ks), before))
+    floor = s1_floor(b, max(sz.s1_ks), before)
+    top = rows[-1]
+    if floor.figure > 0:
+        top.detail["floor_ratio"] = round(top.figure / floor.figure, 3)
+        top.note += f"; {100 * top.figure / floor.figure:.0f} % of its floor (next row)"
+    rows.append(floor)
     return rows
 
 
