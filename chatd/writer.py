@@ -57,8 +57,9 @@ class Writer:
         self._on_batch = on_batch
         self._pending: _Pending = []
         self._lock = threading.Lock()
-        #: the drain job on the writing thread, while one runs (under _lock).
-        self._job: asyncio.Future[None] | None = None
+        #: a drain job is queued or running on the writing thread (under _lock).
+        self._draining = False
+        #: the task awaiting the newest drain job.
         self._task: asyncio.Task[None] | None = None
         self._closing = False
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -83,9 +84,8 @@ class Writer:
         fut: asyncio.Future[Any] = loop.create_future()
         with self._lock:
             self._pending.append((op, fut))
-            idle = self._job is None
-            if idle:
-                self._job = loop.create_future()
+            idle = not self._draining
+            self._draining = True
         if idle:
             self._task = loop.create_task(self._run_job())
         return await fut
@@ -93,23 +93,20 @@ class Writer:
     async def close(self) -> None:
         """Refuse new operations, commit the pending ones, stop."""
         self._closing = True
-        with self._lock:
-            job = self._job
-        if job is not None:
-            await asyncio.shield(job)
+        # The newest job's task ends after every batch's _done has run: the
+        # executor's result reaches the loop through the same queue, after them.
+        if self._task is not None:
+            await asyncio.shield(self._task)
 
     async def _run_job(self) -> None:
         try:
             await self._store.run_on_writer(self._drain)
-        except BaseException:  # pragma: no cover - _drain catches what apply raises
+        except Exception:  # pragma: no cover - _drain catches what apply raises
             log.exception("the writer's drain job failed")
             with self._lock:
                 batch, self._pending = self._pending, []
-                job, self._job = self._job, None
+                self._draining = False
             self._failed(batch)
-            if job is not None and not job.done():
-                job.set_result(None)
-            raise
 
     def _drain(self) -> None:
         """On the writing thread: commit batches until nothing is pending."""
@@ -118,8 +115,8 @@ class Writer:
         while True:
             with self._lock:
                 if not self._pending:
-                    job, self._job = self._job, None
-                    break
+                    self._draining = False
+                    return
                 batch = self._pending[: self._max_batch]
                 del self._pending[: self._max_batch]
             started = time.perf_counter()
@@ -134,9 +131,6 @@ class Writer:
             loop.call_soon_threadsafe(
                 self._done, batch, results, events, time.perf_counter() - started
             )
-        # Queued after every batch's _done, so close() returns after the last one ran.
-        if job is not None:
-            loop.call_soon_threadsafe(_set_done, job)
 
     def _done(
         self, batch: _Pending, results: list[Result], events: list[Published], seconds: float
@@ -158,8 +152,3 @@ class Writer:
         for _, fut in batch:
             if not fut.done():
                 fut.set_exception(Unavailable("storage failure; try again"))
-
-
-def _set_done(fut: asyncio.Future[None]) -> None:
-    if not fut.done():
-        fut.set_result(None)
