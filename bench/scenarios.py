@@ -206,22 +206,22 @@ class Window:
                 "other_cores": round(max(0.0, machine - daemon - loadgen), 2)}
 
 
-def daemon_cost(detail: dict[str, Any], units: float, name: str) -> str:
+def daemon_cost(detail: dict[str, Any], units: float, name: str, who: str = "daemon") -> str:
     """Daemon CPU per unit of work (µs): steadier than a rate on a shared machine,
     since other jobs slow the daemon down but hardly change what each unit costs."""
     cpu = detail["daemon_cpu_s"]
     if not units or cpu < 0.1:  # /proc counts CPU in 10 ms ticks
         detail[f"daemon_us_per_{name}"] = None
-        return f"daemon CPU per {name}: window too short to tell"
+        return f"{who} CPU per {name}: window too short to tell"
     us = 1e6 * cpu / units
     detail[f"daemon_us_per_{name}"] = round(us, 1)
-    return f"daemon {us:.1f} µs CPU per {name}"
+    return f"{who} {us:.1f} µs CPU per {name}"
 
 
-def cpu_note(detail: dict[str, Any]) -> str:
+def cpu_note(detail: dict[str, Any], who: str = "daemon") -> str:
     gen = [g for g in detail["loadgen_cores"] if g is not None]
     busiest = max(gen) if gen else float("nan")
-    return (f"daemon {detail['daemon_cores']:.2f} cores, load gen "
+    return (f"{who} {detail['daemon_cores']:.2f} cores, load gen "
             f"{detail['loadgen_cores_total']:.2f} (busiest process {busiest:.2f}), "
             f"other jobs {detail['other_cores']:.2f}")
 
@@ -354,13 +354,13 @@ def s1_floor(b: Bench, k: int, ceiling: float) -> Row:
     finally:
         echo.stop()
     p50, p99 = percentile(lat, 50), percentile(lat, 99)
-    cost = daemon_cost(detail, len(lat), "ack").replace("daemon", "echo server")
+    cost = daemon_cost(detail, len(lat), "ack", who="echo server")
     log(f"S1 floor K={k}: {rate:.0f} msg/s")
-    return Row(f"S1 floor K={k}", rate, "msg/s", detail={"k": k, **detail},
+    return Row(f"S1 floor K={k}", rate, "msg/s", detail=detail,
                ratio=rate / ceiling,
                note=f"the same load against bench/echo.py (websockets, answers every send "
                f"with an ok, stores nothing); p50 {ms(p50)} ms, p99 {ms(p99)} ms; {cost}; "
-               + cpu_note(detail).replace("daemon", "echo server"))
+               + cpu_note(detail, who="echo server"))
 
 
 def _s1_round(
