@@ -14,6 +14,8 @@ The tree::
     │   ├── ResumeGap            resume_gap     (.horizon, .epoch)
     │   ├── Unavailable          unavailable
     │   └── InternalError        internal
+    ├── StartupError             the daemon cannot start: a --db it cannot open
+    │                            (an unsupported URL, a database newer than the code)
     └── ClientError              raised by chatd.client only
         ├── ClientClosed         the client was closed while the call waited
         ├── CommandTimeout       no reply within the call's timeout
@@ -33,6 +35,10 @@ from typing import Any, ClassVar
 
 class ChatdError(Exception):
     """Root of every chatd exception."""
+
+
+class StartupError(ChatdError):
+    """The daemon cannot start with this configuration; the message says why."""
 
 
 class ProtocolError(ChatdError):
