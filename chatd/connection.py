@@ -8,12 +8,15 @@ auth, logout) or that order replies against events (subscribe, unsubscribe)
 are barriers: the connection stops reading, lets every earlier command finish,
 runs the barrier, and only then reads on.
 
-All writes (replies and events) go out synchronously through
-:func:`chatd.fanout.write`, so the order in which this module writes is the
-order on the wire. Backpressure: with ``max_inflight`` commands in flight, or
-more than ``send_buffer_limit`` bytes unsent, the connection stops reading
-until that clears, so a client that never reads its replies cannot make the
-server buffer without bound.
+A session does no I/O of its own: it reads text frames from any async iterable
+and writes through a :class:`~chatd.sink.Sink`, synchronously, so the order in
+which it writes is the order on the wire. What it needs from the daemon is named
+by :class:`Services`; ``tests/unit`` runs sessions over an in-memory sink.
+
+Backpressure: with ``max_inflight`` commands in flight, or more than
+``send_buffer_limit`` bytes unsent, the connection stops reading until that
+clears, so a client that never reads its replies cannot make the server buffer
+without bound.
 """
 
 from __future__ import annotations
@@ -22,15 +25,15 @@ import asyncio
 import logging
 import math
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import msgspec
-from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
 from . import crypto, validate, wire
+from .config import Config
 from .exceptions import (
     BadRequest,
     InternalError,
@@ -40,22 +43,23 @@ from .exceptions import (
     Unauthorized,
     Unavailable,
 )
-from .fanout import CLOSE_TOO_SLOW, Subscription, buffered, close_or_abort, write
-from .limits import TokenBucket
-from .store import (
-    CreateChannel,
-    CreateUser,
-    DeleteChannel,
-    DeleteMessage,
-    IssueToken,
-    RevokeToken,
-    SendMessage,
+from .fanout import CLOSE_TOO_SLOW, Hub, Subscription
+from .limits import Buckets, TokenBucket
+from .metrics import Metrics
+from .ops import (
+    CreateChannelOp,
+    CreateUserOp,
+    DeleteChannelOp,
+    DeleteMessageOp,
+    IssueTokenOp,
+    RevokeTokenOp,
+    SendOp,
     Sent,
     StoredUser,
 )
-
-if TYPE_CHECKING:
-    from .server import App
+from .sink import Sink
+from .store import Store
+from .writer import Writer
 
 log = logging.getLogger("chatd.connection")
 
@@ -65,15 +69,41 @@ BARRIERS = (wire.Login, wire.Auth, wire.Logout, wire.Subscribe, wire.Unsubscribe
 CLOSE_POLICY = 1008
 
 
+class _BadRequestFrame(bytes):
+    """A bad_request reply, told apart when it is written (see ``_count_frame``)."""
+
+    __slots__ = ()
+
+
+class Services(Protocol):
+    """What a session needs from the daemon (:class:`chatd.server.App` has it all)."""
+
+    config: Config
+    metrics: Metrics
+    store: Store
+    writer: Writer
+    hub: Hub
+    draining: bool
+    #: every open session, to end the others that use a token on logout.
+    sessions: set[Session]
+    user_buckets: Buckets
+    name_throttle: Buckets
+    address_throttle: Buckets
+
+    def clock(self) -> float:
+        """Seconds since the epoch (injected, so tests control time)."""
+        ...
+
+
 class Session:
     __slots__ = (
         "_auth_failures", "_bad_frames", "_bucket", "_ever_logged_in", "_reads", "_slots",
-        "_timer", "address", "app", "conn", "sub", "token_hash", "user",
+        "_timer", "address", "app", "sink", "sub", "token_hash", "user",
     )
 
-    def __init__(self, app: App, conn: ServerConnection, address: str = "?") -> None:
+    def __init__(self, app: Services, sink: Sink, address: str = "?") -> None:
         self.app = app
-        self.conn = conn
+        self.sink = sink
         self.address = address
         cfg = app.config
         self._bucket = TokenBucket.full(cfg.conn_rate, cfg.conn_burst, app.clock())
@@ -91,12 +121,13 @@ class Session:
 
     # ----------------------------------------------------------- the read loop
 
-    async def run(self) -> None:
+    async def run(self, frames: AsyncIterable[str | bytes]) -> None:
+        """Read commands from ``frames`` until it ends or the connection closes."""
         cfg = self.app.config
         loop = asyncio.get_running_loop()
         self._timer = loop.call_later(cfg.login_timeout, self._login_timeout)
         try:
-            async for data in self.conn:
+            async for data in frames:
                 cmd = self._decode(data)
                 if cmd is None:
                     continue
@@ -105,10 +136,11 @@ class Session:
                 if isinstance(cmd, BARRIERS):
                     await self._settle()
                     frame = await self._reply(cmd)
+                    self._count_frame(bad=type(frame) is _BadRequestFrame)
                     if frame is not None:
-                        write(self.conn, frame)
+                        self.sink.send(frame)
                     if self._auth_failures >= cfg.max_login_failures_per_conn:
-                        await close_or_abort(self.conn, CLOSE_POLICY, "too many failed logins")
+                        await self.sink.close(CLOSE_POLICY, "too many failed logins")
                         return
                 else:
                     # loop.create_task: asyncio.create_task looks the loop up each time.
@@ -118,7 +150,7 @@ class Session:
                 while len(self._slots) >= cfg.max_inflight:
                     await asyncio.wait([self._head()])
                     self._flush()
-                if buffered(self.conn) > cfg.send_buffer_limit:
+                if self.sink.buffered() > cfg.send_buffer_limit:
                     await self._wait_for_reader()
         except ConnectionClosed:
             pass
@@ -133,7 +165,7 @@ class Session:
 
     def _login_timeout(self) -> None:
         if not self._ever_logged_in:
-            self.app.hub.close_later(self.conn, CLOSE_POLICY, "no login within the timeout")
+            self.app.hub.close_later(self.sink, CLOSE_POLICY, "no login within the timeout")
 
     def _limited(self, cmd: wire.Command) -> bool:
         """Apply the command rate limits; True after replying rate_limited."""
@@ -177,18 +209,21 @@ class Session:
 
     def _bad(self, ref: wire.Ref, message: str) -> None:
         self.app.metrics.command("?", BadRequest.code)
-        self._slots.append(wire.encode(wire.Error(ref, BadRequest.code, message)))
+        self._slots.append(_BadRequestFrame(wire.encode(wire.Error(ref, BadRequest.code, message))))
         self._flush()
-        self._count_frame(bad=True)
 
     def _count_frame(self, *, bad: bool) -> None:
-        """Close with 1008 after max_bad_frames bad_request frames in a row."""
+        """Close with 1008 after max_bad_frames bad_request replies in a row.
+
+        Called as each reply is written, so "in a row" is in the order of the
+        commands, whichever of them finished first.
+        """
         if not bad:
             self._bad_frames = 0
             return
         self._bad_frames += 1
         if self._bad_frames == self.app.config.max_bad_frames:
-            self.app.hub.close_later(self.conn, CLOSE_POLICY, "too many bad frames")
+            self.app.hub.close_later(self.sink, CLOSE_POLICY, "too many bad frames")
 
     async def _reply(self, cmd: wire.Command) -> bytes | None:
         """Run one command; its reply frame, ok or error. Never raises."""
@@ -201,14 +236,13 @@ class Session:
                 raise Unauthorized(f"{op}: log in first (login or auth)")
             reply = await _HANDLERS[type(cmd)](self, cmd)
         except ProtocolError as exc:
-            self._count_frame(bad=isinstance(exc, BadRequest))
             self.app.metrics.command(op, exc.code)
-            return wire.encode(wire.Error(cmd.ref, exc.code, exc.message, **exc.details))
+            frame = wire.encode(wire.Error(cmd.ref, exc.code, exc.message, **exc.details))
+            return _BadRequestFrame(frame) if isinstance(exc, BadRequest) else frame
         except Exception:
             log.exception("internal error in %s", op)
             self.app.metrics.command(op, InternalError.code)
             return wire.encode(wire.Error(cmd.ref, InternalError.code, "internal error"))
-        self._count_frame(bad=False)
         self.app.metrics.command(op, "ok")
         if isinstance(cmd, wire.Send):
             self.app.metrics.send_latency.observe(time.perf_counter() - started)
@@ -226,13 +260,17 @@ class Session:
             head = slots[0]
             if isinstance(head, bytes):
                 frame: bytes | None = head
+                # A rate_limited reply neither counts as bad nor resets the count.
+                if type(head) is _BadRequestFrame:
+                    self._count_frame(bad=True)
             elif head.done() and not head.cancelled():
                 frame = head.result()
+                self._count_frame(bad=type(frame) is _BadRequestFrame)
             else:
                 return
             del slots[0]
             if frame is not None:
-                write(self.conn, frame)
+                self.sink.send(frame)
 
     async def _settle(self) -> None:
         """Wait until every earlier command has replied."""
@@ -247,9 +285,9 @@ class Session:
     async def _wait_for_reader(self) -> None:
         cfg = self.app.config
         deadline = time.monotonic() + cfg.slow_reader_timeout
-        while buffered(self.conn) > cfg.send_buffer_limit // 2:
+        while self.sink.buffered() > cfg.send_buffer_limit // 2:
             if time.monotonic() > deadline:
-                await close_or_abort(self.conn, CLOSE_TOO_SLOW, "read too slowly")
+                await self.sink.close(CLOSE_TOO_SLOW, "read too slowly")
                 return
             await asyncio.sleep(0.02)
 
@@ -287,7 +325,7 @@ class Session:
                 self._failed_login(key)
                 raise Unauthorized("name: no such user, and sign-up is closed")
             pw_hash = await asyncio.to_thread(crypto.hash_password, password, n=app.config.scrypt_n)
-            user = await app.writer.submit(CreateUser(name, key, pw_hash))
+            user = await app.writer.submit(CreateUserOp(name, key, pw_hash))
             assert isinstance(user, StoredUser)
             if user.created:
                 return await self._logged_in(cmd.ref, user)
@@ -306,7 +344,7 @@ class Session:
         token = crypto.new_token()
         token_hash = crypto.token_hash(token)
         expires = int((self.app.clock() + self.app.config.token_ttl) * 1000)
-        await self.app.writer.submit(IssueToken(user.id, token_hash, expires))
+        await self.app.writer.submit(IssueTokenOp(user.id, token_hash, expires))
         self.user, self.token_hash = wire.User(user.id, user.name), token_hash
         self._logged_in_once()
         return wire.LoginOk(ref, self.user, token)
@@ -325,7 +363,7 @@ class Session:
     async def _logout(self, cmd: wire.Logout) -> wire.Ok:
         token_hash = self.token_hash
         if token_hash is not None:
-            await self.app.writer.submit(RevokeToken(token_hash))
+            await self.app.writer.submit(RevokeTokenOp(token_hash))
             # The token is over: so is every other connection logged in with it.
             for other in list(self.app.sessions):
                 if other is not self and other.token_hash == token_hash:
@@ -347,7 +385,7 @@ class Session:
         does not read the replies holds at most one reply beyond the limit."""
         async with self._reads:
             await asyncio.sleep(0)  # let the previous read's reply be written first
-            if buffered(self.conn) > self.app.config.send_buffer_limit:
+            if self.sink.buffered() > self.app.config.send_buffer_limit:
                 await self._wait_for_reader()
             yield
 
@@ -358,12 +396,12 @@ class Session:
 
     async def _create_channel(self, cmd: wire.CreateChannel) -> wire.ChannelOk:
         name, key = validate.name("name", cmd.name)
-        channel = await self.app.writer.submit(CreateChannel(self._me(), name, key))
+        channel = await self.app.writer.submit(CreateChannelOp(self._me(), name, key))
         return wire.ChannelOk(cmd.ref, channel)
 
     async def _delete_channel(self, cmd: wire.DeleteChannel) -> wire.ChannelOk:
         channel_id = validate.text("channel", cmd.channel)
-        channel = await self.app.writer.submit(DeleteChannel(self._me(), channel_id))
+        channel = await self.app.writer.submit(DeleteChannelOp(self._me(), channel_id))
         return wire.ChannelOk(cmd.ref, channel)
 
     async def _send(self, cmd: wire.Send) -> wire.SendOk:
@@ -371,13 +409,13 @@ class Session:
         body = validate.body(cmd.body)
         nonce = None if cmd.nonce is None else validate.text("nonce", cmd.nonce)
         sent: Sent = await self.app.writer.submit(
-            SendMessage(self._me(), channel_id, body, nonce)
+            SendOp(self._me(), channel_id, body, nonce)
         )
         return wire.SendOk(cmd.ref, sent.message, sent.channel)
 
     async def _delete_message(self, cmd: wire.DeleteMessage) -> wire.DeleteMessageOk:
         message_id = validate.text("message", cmd.message)
-        mid, channel = await self.app.writer.submit(DeleteMessage(self._me(), message_id))
+        mid, channel = await self.app.writer.submit(DeleteMessageOp(self._me(), message_id))
         return wire.DeleteMessageOk(cmd.ref, wire.MessageRef(mid), channel)
 
     async def _history(self, cmd: wire.History) -> wire.HistoryOk:
@@ -410,8 +448,8 @@ class Session:
                     horizon=horizon, epoch=epoch,
                 )
         # The ok goes out before the subscription starts, so before its first event.
-        write(self.conn, wire.encode(wire.SubscribeOk(cmd.ref, epoch, resume_point)))
-        self.sub = app.hub.subscribe(self.conn, channels, cmd.since)
+        self.sink.send(wire.encode(wire.SubscribeOk(cmd.ref, epoch, resume_point)))
+        self.sub = app.hub.subscribe(self.sink, channels, cmd.since)
         return None
 
     async def _unsubscribe(self, cmd: wire.Unsubscribe) -> wire.Ok:

@@ -14,17 +14,17 @@ from collections.abc import Callable
 
 from .config import Config
 from .metrics import Metrics
-from .store import Expire, Expired
+from .ops import Expired, ExpireOp
 from .writer import Writer
 
 log = logging.getLogger("chatd.expiry")
 
 
-def cutoffs(config: Config, now: float, limit: int) -> Expire:
+def cutoffs(config: Config, now: float, limit: int) -> ExpireOp:
     def before(ttl: float) -> int:
         return int((now - ttl) * 1000)
 
-    return Expire(
+    return ExpireOp(
         message_before_ms=before(config.message_ttl),
         channel_idle_before_ms=before(config.channel_ttl),
         event_before_ms=before(config.event_ttl),

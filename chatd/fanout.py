@@ -11,15 +11,17 @@ each connection's transport buffer itself: a subscriber with more than
 ``buffer_limit`` bytes unsent stops being written to ("lagging") and is later
 caught up from the store, never from a queue in memory.
 Memory per subscriber is therefore bounded by ``buffer_limit`` plus one replay
-batch, however slow it reads. If its buffer does not drain below the low-water
+page, however slow it reads. Connections are reached only through their
+:class:`~chatd.sink.Sink`. If its buffer does not drain below the low-water
 mark for ``slow_timeout`` seconds, it is closed with 4000.
 
 The handover (PROTOCOL.md guarantee 3, and issue 2's race):
 
-* ``Hub.last_seq`` is the newest event published. The writer publishes events in
-  seq order, after they are committed, so every event with seq <= last_seq is in
-  the store (or was deleted from it, which replay honours), and every event with
-  seq > last_seq will still pass through :meth:`Hub.publish`.
+* ``Hub.last_seq`` is the newest event published. The feed (:mod:`chatd.feed`)
+  publishes every committed event once, in seq order, after its commit, so every
+  event with seq <= last_seq is in the store (or was deleted from it, which
+  replay honours), and every event with seq > last_seq will still pass through
+  :meth:`Hub.publish`.
 * A subscription has a ``cursor``: every event <= cursor has been written to it
   or was deliberately not (filtered out, or deleted before it was read).
 * Catching up, it reads events > cursor from one store snapshot, writes them and
@@ -42,80 +44,27 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import struct
 import time
 from collections.abc import Awaitable, Callable
 
-from websockets.asyncio.connection import Connection
-from websockets.protocol import State
-
-from .store import Batch, Published
+from .ops import EventPage, Published
+from .sink import Sink, text_frame
 
 log = logging.getLogger("chatd.fanout")
 
-ReadEvents = Callable[[int, frozenset[str] | None, int], Awaitable[Batch]]
+ReadEvents = Callable[[int, frozenset[str] | None, int], Awaitable[EventPage]]
 
 CLOSE_TOO_SLOW = 4000
 
 
-def buffered(conn: Connection) -> int:
-    """Bytes written to ``conn`` and not yet sent to the peer."""
-    transport = conn.transport
-    return 0 if transport is None or transport.is_closing() else transport.get_write_buffer_size()
-
-
-def text_frame(payload: bytes) -> bytes:
-    """``payload`` as one WebSocket text frame from a server: FIN, opcode 1, unmasked.
-
-    Valid because chatd negotiates no extension (compression is off): with one,
-    frames would differ per connection.
-    """
-    n = len(payload)
-    if n < 126:
-        return bytes((0x81, n)) + payload
-    if n < 1 << 16:
-        return struct.pack("!BBH", 0x81, 126, n) + payload
-    return struct.pack("!BBQ", 0x81, 127, n) + payload
-
-
-def write_frames(conn: Connection, data: bytes) -> None:
-    """Queue ready-made frames on ``conn`` without waiting.
-
-    This bypasses websockets' send path on purpose: that path holds no bytes
-    between calls (every send writes through to the transport at once) and
-    chatd never fragments, so frames written here cannot interleave with its
-    own. Nothing is written once the closing handshake has started.
-    """
-    if conn.protocol.state is State.OPEN:
-        conn.transport.write(data)
-
-
-def write(conn: Connection, payload: bytes) -> None:
-    """Queue one text message without waiting; the caller watches :func:`buffered`."""
-    write_frames(conn, text_frame(payload))
-
-
-async def close_or_abort(conn: Connection, code: int, reason: str, grace: float = 5.0) -> None:
-    """Close, or cut the TCP connection after ``grace`` seconds.
-
-    ``close()`` first waits for the send buffer to drain, and only then does its
-    own timeout start: a peer that does not read would hold it forever.
-    """
-    try:
-        await asyncio.wait_for(conn.close(code, reason), grace)
-    except TimeoutError:
-        if conn.transport is not None:
-            conn.transport.abort()
-
-
 class Subscription:
-    __slots__ = ("_task", "channels", "closed", "conn", "cursor", "hub", "lagging", "live")
+    __slots__ = ("_task", "channels", "closed", "cursor", "hub", "lagging", "live", "sink")
 
     def __init__(
-        self, hub: Hub, conn: Connection, channels: frozenset[str] | None, cursor: int
+        self, hub: Hub, sink: Sink, channels: frozenset[str] | None, cursor: int
     ) -> None:
         self.hub = hub
-        self.conn = conn
+        self.sink = sink
         self.channels = channels
         self.cursor = cursor
         self.live = False
@@ -139,18 +88,18 @@ class Subscription:
             while not self.closed:
                 if not await self._wait_for_room():
                     return
-                batch = await hub.read_events(self.cursor, self.channels, hub.batch)
+                page = await hub.read_events(self.cursor, self.channels, hub.page_size)
                 if self.closed:
                     return
-                if batch.horizon > self.cursor:
+                if page.horizon > self.cursor:
                     # Expiry dropped events this subscriber has not seen: it must resync.
                     self._close_slow("fell behind the retained history")
                     return
-                if batch.events:
-                    write_frames(self.conn, b"".join(text_frame(f) for _, f in batch.events))
-                    self.cursor = batch.events[-1][0]
-                if len(batch.events) < hub.batch:
-                    self.cursor = max(self.cursor, batch.upto)
+                if page.events:
+                    self.sink.write(b"".join(text_frame(f) for _, f in page.events))
+                    self.cursor = page.events[-1][0]
+                if len(page.events) < hub.page_size:
+                    self.cursor = max(self.cursor, page.upto)
                     if self.cursor >= hub.last_seq:  # no await from here to the switch
                         hub.go_live(self)
                         return
@@ -163,11 +112,11 @@ class Subscription:
     async def _wait_for_room(self) -> bool:
         hub = self.hub
         low = hub.buffer_limit // 2
-        if buffered(self.conn) <= low:
+        if self.sink.buffered() <= low:
             return True
         deadline = time.monotonic() + hub.slow_timeout
-        while buffered(self.conn) > low:
-            if self.closed or self.conn.state is not State.OPEN:
+        while self.sink.buffered() > low:
+            if self.closed or not self.sink.open:
                 return False
             if time.monotonic() > deadline:
                 self._close_slow("read too slowly")
@@ -179,7 +128,7 @@ class Subscription:
         self.hub.unsubscribe(self)
         if code == CLOSE_TOO_SLOW:
             self.hub.on_slow_close()
-        self.hub.close_later(self.conn, code, reason)
+        self.hub.close_later(self.sink, code, reason)
 
 
 class Hub:
@@ -192,7 +141,7 @@ class Hub:
         *,
         buffer_limit: int = 256 * 1024,
         slow_timeout: float = 30.0,
-        batch: int = 1000,
+        page_size: int = 1000,
         poll_interval: float = 0.02,
         on_slow_close: Callable[[], None] = lambda: None,
     ) -> None:
@@ -200,7 +149,7 @@ class Hub:
         self.read_events = read_events
         self.buffer_limit = buffer_limit
         self.slow_timeout = slow_timeout
-        self.batch = batch
+        self.page_size = page_size
         self.poll_interval = poll_interval
         self.on_slow_close = on_slow_close
         self._live: dict[Subscription, None] = {}
@@ -209,7 +158,7 @@ class Hub:
         self.lagging = 0
 
     def subscribe(
-        self, conn: Connection, channels: frozenset[str] | None, since: int | None
+        self, sink: Sink, channels: frozenset[str] | None, since: int | None
     ) -> Subscription:
         """Start a subscription; the caller has already written the ``ok``.
 
@@ -218,10 +167,10 @@ class Hub:
         """
         self.subscribers += 1
         if since is None:
-            sub = Subscription(self, conn, channels, self.last_seq)
+            sub = Subscription(self, sink, channels, self.last_seq)
             self.go_live(sub)
         else:
-            sub = Subscription(self, conn, channels, since)
+            sub = Subscription(self, sink, channels, since)
             sub.catch_up()
         return sub
 
@@ -234,8 +183,8 @@ class Hub:
         self.subscribers -= 1
         sub.cancel()
 
-    def close_later(self, conn: Connection, code: int, reason: str) -> None:
-        task = asyncio.create_task(close_or_abort(conn, code, reason))
+    def close_later(self, sink: Sink, code: int, reason: str) -> None:
+        task = asyncio.create_task(sink.close(code, reason))
         self._closing.add(task)
         task.add_done_callback(self._closing.discard)
 
@@ -262,7 +211,7 @@ class Hub:
         for sub in self._live:
             if sub.cursor >= last:
                 continue
-            if buffered(sub.conn) > limit:
+            if sub.sink.buffered() > limit:
                 lagging.append(sub)
                 continue
             if sub.channels is None and sub.cursor < first:
@@ -278,7 +227,7 @@ class Hub:
             # Every event of the batch was written or filtered out: all are behind.
             sub.cursor = last
             if data:
-                write_frames(sub.conn, data)
+                sub.sink.write(data)
         for sub in lagging:
             del self._live[sub]
             self._set_lagging(sub, True)

@@ -26,12 +26,14 @@ from . import __version__
 from .config import Config
 from .connection import CLOSE_POLICY, Session
 from .expiry import run_expiry
-from .fanout import Hub, close_or_abort
+from .fanout import Hub
+from .feed import LocalFeed
 from .limits import Buckets, ConnectionCounter
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .metrics import Metrics
-from .sqlite_store import SqliteStore
-from .store import Published, Store
+from .ops import Published
+from .sink import WebSocketSink
+from .store import Store, open_store
 from .writer import Writer
 
 log = logging.getLogger("chatd.server")
@@ -73,12 +75,12 @@ class App:
             self.store.read_events,
             buffer_limit=self.config.send_buffer_limit,
             slow_timeout=self.config.slow_reader_timeout,
-            batch=self.config.replay_batch,
+            page_size=self.config.replay_batch,
             on_slow_close=self.metrics.slow_closed.inc,
         )
         self.writer = Writer(
             self.store,
-            self._publish,
+            LocalFeed(self._publish),
             max_batch=self.config.max_commit_batch,
             clock=self.clock,
             on_batch=self.metrics.batch,
@@ -113,12 +115,12 @@ class App:
             log.warning("refused %s: %s", peer, refused, extra={"event": "refused", "peer": peer})
             await conn.close(CLOSE_POLICY, refused)
             return
-        session = Session(self, conn, address)
+        session = Session(self, WebSocketSink(conn), address)
         self.sessions.add(session)
         self.metrics.connections.inc()
         log.info("open %s", peer, extra={"event": "open", "peer": peer})
         try:
-            await session.run()
+            await session.run(conn)
         finally:
             self.connections.remove(address)
             self.sessions.discard(session)
@@ -240,7 +242,7 @@ async def serve(
         except (NotImplementedError, RuntimeError):
             pass
 
-    app = App(config, SqliteStore(config.db), clock=clock)
+    app = App(config, open_store(config.db), clock=clock)
     await app.start()
     server: Server = await ws_serve(
         app.handle,
@@ -283,8 +285,8 @@ async def _drain(app: App, server: Server, expiry: asyncio.Task[None]) -> None:
     await app.writer.close()
     sessions = list(app.sessions)
     closing = [
-        asyncio.create_task(close_or_abort(
-            s.conn, CLOSE_GOING_AWAY, "server shutting down",
+        asyncio.create_task(s.sink.close(
+            CLOSE_GOING_AWAY, "server shutting down",
             grace=max(0.1, deadline - time.monotonic()),
         ))
         for s in sessions

@@ -1,181 +1,107 @@
-"""The storage interface: what the daemon asks of a store, whatever the backend.
+"""The store the daemon uses: the rules of :mod:`chatd.rules` over a backend.
 
-Writes are *operations* (small frozen dataclasses below). The group-commit
-writer (:mod:`chatd.writer`) hands a store a list of them; the store applies the
-whole list in one transaction, assigns each event the next seq from the one
-global counter inside that transaction, and returns one result per operation
-(a value, or the :class:`~chatd.exceptions.ProtocolError` that operation raised,
-which rolls back that operation only) plus the committed events in seq order.
+:func:`open_store` picks the backend from ``--db``: a file path is the embedded
+sqlite backend (:mod:`chatd.sqlite_store`); a ``postgresql://`` URL will be the
+PostgreSQL backend and until then is a :class:`~chatd.exceptions.StartupError`.
 
-Reads (history, boot, replay, users and tokens) may run concurrently with the
-writer on their own connections and must each see one committed snapshot.
-
-:class:`chatd.sqlite_store.SqliteStore` is the embedded implementation; a
-PostgreSQL store would implement the same :class:`Store` protocol.
+Writes: :meth:`Store.apply_here` applies a list of operations in one
+transaction on the backend's writing thread (the group-commit writer of
+:mod:`chatd.writer` calls it inside :meth:`Store.run_on_writer`). Reads
+(history, boot, replay pages, users and tokens) run concurrently with it and
+each sees one committed snapshot.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Protocol
 
-from . import wire
-from .exceptions import ProtocolError
+from . import rules, wire
+from .exceptions import StartupError
+from .ops import EventPage, Op, Published, Result, StoredUser
+from .storage import Backend
 
-# ----------------------------------------------------------------- operations
-
-
-@dataclass(frozen=True, slots=True)
-class CreateUser:
-    """Create a user unless the name key exists; either way return the stored user."""
-
-    name: str
-    key: str
-    pw_hash: str
+_URL = re.compile(r"^(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*)://")
 
 
-@dataclass(frozen=True, slots=True)
-class IssueToken:
-    user_id: str
-    token_hash: bytes
-    expires_ms: int
+def open_store(db: str) -> Store:
+    """The store for ``--db``: a path is sqlite; a URL names its backend."""
+    m = _URL.match(db)
+    if m is None:
+        from .sqlite_store import SqliteBackend
+
+        return Store(SqliteBackend(db))
+    scheme = m.group("scheme").lower()
+    if scheme in ("postgresql", "postgres"):
+        raise StartupError(
+            f"--db {scheme}://…: this chatd has no PostgreSQL backend yet;"
+            " give a sqlite file path"
+        )
+    raise StartupError(
+        f"--db {scheme}://…: unknown database URL scheme; give a sqlite file path"
+    )
 
 
-@dataclass(frozen=True, slots=True)
-class RevokeToken:
-    token_hash: bytes
+class Store:
+    """A backend and the rules; the one storage object the daemon holds."""
 
+    def __init__(self, backend: Backend) -> None:
+        self.backend = backend
+        self.rules = rules.Rules()
 
-@dataclass(frozen=True, slots=True)
-class CreateChannel:
-    user: wire.User
-    name: str
-    key: str
+    @property
+    def epoch(self) -> str:
+        return self.backend.epoch
 
+    async def open(self) -> None:
+        await self.backend.open()
 
-@dataclass(frozen=True, slots=True)
-class DeleteChannel:
-    user: wire.User
-    channel_id: str
+    async def close(self) -> None:
+        await self.backend.close()
 
+    # ---------------------------------------------------------------- writes
 
-@dataclass(frozen=True, slots=True)
-class SendMessage:
-    user: wire.User
-    channel_id: str
-    body: str
-    nonce: str | None
-
-
-@dataclass(frozen=True, slots=True)
-class DeleteMessage:
-    user: wire.User
-    message_id: str
-
-
-@dataclass(frozen=True, slots=True)
-class Expire:
-    """One bounded round of expiry; cutoffs are absolute times in ms."""
-
-    message_before_ms: int
-    channel_idle_before_ms: int
-    event_before_ms: int
-    nonce_before_ms: int
-    token_before_ms: int
-    limit: int
-
-
-Operation = (
-    CreateUser | IssueToken | RevokeToken | CreateChannel | DeleteChannel | SendMessage
-    | DeleteMessage | Expire
-)
-
-# -------------------------------------------------------------------- results
-
-
-@dataclass(frozen=True, slots=True)
-class StoredUser:
-    id: str
-    name: str
-    pw_hash: str
-    created: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class Sent:
-    message: wire.Message
-    channel: wire.Channel
-
-
-@dataclass(frozen=True, slots=True)
-class Expired:
-    messages: int = 0
-    channels: int = 0
-    events: int = 0
-    horizon: int = 0
-    more: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class Published:
-    """A committed event: its seq, its channel (for filters) and its encoded frame."""
-
-    seq: int
-    channel_id: str
-    frame: bytes
-
-
-@dataclass(frozen=True, slots=True)
-class Batch:
-    """Events of a replay read, and the snapshot it was read from."""
-
-    events: list[tuple[int, bytes]]
-    #: the global position of the snapshot: every matching event <= upto was considered.
-    upto: int
-    horizon: int
-
-
-Result = object | ProtocolError
-
-
-class Store(Protocol):
-    epoch: str
-
-    async def open(self) -> None: ...
-
-    async def close(self) -> None: ...
-
-    async def apply(
-        self, ops: list[Operation], now_ms: int
-    ) -> tuple[list[Result], list[Published]]:
-        """Apply ``ops`` in one transaction (from the event loop)."""
-        ...
+    async def apply(self, ops: list[Op], now_ms: int) -> tuple[list[Result], list[Published]]:
+        """Apply ``ops`` in one transaction, from the event loop (tests and tools)."""
+        return await self.backend.run_on_writer(lambda: self.apply_here(ops, now_ms))
 
     async def run_on_writer(self, fn: Callable[[], None]) -> None:
-        """Run ``fn`` on the store's writing thread; it may call :meth:`apply_here`."""
-        ...
+        """Run ``fn`` on the backend's writing thread; it may call :meth:`apply_here`."""
+        await self.backend.run_on_writer(fn)
 
-    def apply_here(
-        self, ops: list[Operation], now_ms: int
-    ) -> tuple[list[Result], list[Published]]:
-        """:meth:`apply`, called on the writing thread, inside :meth:`run_on_writer`."""
-        ...
+    def apply_here(self, ops: list[Op], now_ms: int) -> tuple[list[Result], list[Published]]:
+        """Apply ``ops`` in one transaction, on the writing thread."""
+        return self.rules.apply(self.backend, ops, now_ms)
+
+    # ----------------------------------------------------------------- reads
 
     async def position(self) -> tuple[int, int]:
         """(current seq, horizon) from one snapshot."""
-        ...
+        async with self.backend.reader() as snap:
+            return await snap.counter()
 
-    async def user_by_name(self, key: str) -> StoredUser | None: ...
+    async def user_by_name(self, key: str) -> StoredUser | None:
+        async with self.backend.reader() as snap:
+            row = await snap.user_by_key(key)
+        return None if row is None else StoredUser(*row)
 
-    async def user_by_token(self, token_hash: bytes, now_ms: int) -> wire.User | None: ...
+    async def user_by_token(self, token_hash: bytes, now_ms: int) -> wire.User | None:
+        async with self.backend.reader() as snap:
+            row = await snap.user_by_token(token_hash, now_ms)
+        return None if row is None else wire.User(*row)
 
-    async def boot(self) -> tuple[int, list[wire.Channel]]: ...
+    async def boot(self) -> tuple[int, list[wire.Channel]]:
+        async with self.backend.snapshot() as snap:
+            return await rules.boot(snap)
 
     async def history(
         self, channel_id: str, before: int | None, limit: int
-    ) -> tuple[list[wire.Message], bool]: ...
+    ) -> tuple[list[wire.Message], bool]:
+        async with self.backend.snapshot() as snap:
+            return await rules.history(snap, channel_id, before, limit)
 
     async def read_events(
         self, after: int, channels: frozenset[str] | None, limit: int
-    ) -> Batch: ...
+    ) -> EventPage:
+        async with self.backend.snapshot() as snap:
+            return await rules.read_events(snap, after, channels, limit)

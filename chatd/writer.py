@@ -5,9 +5,8 @@ on the store's writing thread takes everything pending (up to ``max_batch``),
 has the store apply it in one transaction (one fsync for the lot), hands the
 results to the event loop, and takes the next batch at once, for as long as
 anything is pending. On the event loop, batch by batch in commit order, the
-committed events are published in seq order and then the callers' futures are
-resolved. Publishing before acknowledging keeps the fanout's ``last_seq`` at
-least as new as any seq a client has been told about.
+committed events go to the :class:`~chatd.feed.Feed`, and the callers' futures
+are resolved once the feed has published them (see :mod:`chatd.feed` for why).
 
 While a commit is in flight new submissions queue up; they form the next batch.
 So under load batches grow by themselves and at low load a lone send commits at
@@ -31,18 +30,20 @@ from collections.abc import Callable
 from typing import Any
 
 from .exceptions import Unavailable
-from .store import Operation, Published, Result, Store
+from .feed import Feed
+from .ops import Op, Published, Result
+from .store import Store
 
 log = logging.getLogger("chatd.writer")
 
-_Pending = list[tuple[Operation, "asyncio.Future[Any]"]]
+_Pending = list[tuple[Op, "asyncio.Future[Any]"]]
 
 
 class Writer:
     def __init__(
         self,
         store: Store,
-        publish: Callable[[list[Published]], None],
+        feed: Feed,
         *,
         max_batch: int = 512,
         max_pending: int = 20_000,
@@ -50,7 +51,7 @@ class Writer:
         on_batch: Callable[[int, float], None] | None = None,
     ) -> None:
         self._store = store
-        self._publish = publish
+        self._feed = feed
         self._max_batch = max_batch
         self._max_pending = max_pending
         self._clock = clock
@@ -67,7 +68,7 @@ class Writer:
     def start(self) -> None:
         self._loop = asyncio.get_running_loop()
 
-    async def submit(self, op: Operation) -> Any:
+    async def submit(self, op: Op) -> Any:
         """Apply ``op`` in the next batch; returns its result or raises its error.
 
         If the caller is cancelled the operation is still committed: what was
@@ -136,7 +137,14 @@ class Writer:
         self, batch: _Pending, results: list[Result], events: list[Published], seconds: float
     ) -> None:
         if events:
-            self._publish(events)
+            self._feed.committed(events, lambda: self._resolve(batch, results))
+        else:
+            self._resolve(batch, results)
+        if self._on_batch is not None:
+            self._on_batch(len(batch), seconds)
+
+    @staticmethod
+    def _resolve(batch: _Pending, results: list[Result]) -> None:
         for (_, fut), result in zip(batch, results, strict=True):
             if fut.done():
                 continue
@@ -144,8 +152,6 @@ class Writer:
                 fut.set_exception(result)
             else:
                 fut.set_result(result)
-        if self._on_batch is not None:
-            self._on_batch(len(batch), seconds)
 
     @staticmethod
     def _failed(batch: _Pending) -> None:

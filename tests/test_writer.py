@@ -11,30 +11,36 @@ import pytest
 
 from chatd import wire
 from chatd.exceptions import Unavailable
-from chatd.sqlite_store import SqliteStore
-from chatd.store import CreateChannel, CreateUser, Operation, Published, Result, SendMessage, Sent
+from chatd.feed import LocalFeed
+from chatd.ops import CreateChannelOp, CreateUserOp, Op, Published, Result, SendOp, Sent
+from chatd.sqlite_store import SqliteBackend
+from chatd.store import Store
 from chatd.writer import Writer
 
 
-class FailingStore(SqliteStore):
+def sqlite_store(path: Path) -> Store:
+    return Store(SqliteBackend(str(path)))
+
+
+class FailingStore(Store):
     """The real store, except that a batch holding a body of "boom" fails whole,
     as if the disk had failed under it."""
 
     def apply_here(
-        self, ops: list[Operation], now_ms: int
+        self, ops: list[Op], now_ms: int
     ) -> tuple[list[Result], list[Published]]:
-        if any(isinstance(op, SendMessage) and op.body == "boom" for op in ops):
+        if any(isinstance(op, SendOp) and op.body == "boom" for op in ops):
             raise OSError("disk I/O error")
         return super().apply_here(ops, now_ms)
 
 
 class Harness:
-    def __init__(self, store: SqliteStore, **kw: Any) -> None:
+    def __init__(self, store: Store, **kw: Any) -> None:
         self.store = store
         self.published: list[int] = []
         self.batches: list[int] = []
         self.writer = Writer(
-            store, self._publish, on_batch=lambda n, _s: self.batches.append(n), **kw
+            store, LocalFeed(self._publish), on_batch=lambda n, _s: self.batches.append(n), **kw
         )
         self.me: wire.User | None = None
         self.channel = ""
@@ -45,18 +51,18 @@ class Harness:
     async def setup(self) -> None:
         await self.store.open()
         self.writer.start()
-        user = await self.writer.submit(CreateUser("alice", "alice", "h"))
+        user = await self.writer.submit(CreateUserOp("alice", "alice", "h"))
         self.me = wire.User(user.id, user.name)
-        self.channel = (await self.writer.submit(CreateChannel(self.me, "g", "g"))).id
+        self.channel = (await self.writer.submit(CreateChannelOp(self.me, "g", "g"))).id
 
-    def send(self, body: str) -> SendMessage:
+    def send(self, body: str) -> SendOp:
         assert self.me is not None
-        return SendMessage(self.me, self.channel, body, None)
+        return SendOp(self.me, self.channel, body, None)
 
 
 @pytest.fixture
 async def h(tmp_path: Path) -> Any:
-    harness = Harness(SqliteStore(str(tmp_path / "w.db")))
+    harness = Harness(sqlite_store(tmp_path / "w.db"))
     await harness.setup()
     yield harness
     await harness.writer.close()
@@ -84,7 +90,7 @@ async def test_concurrent_sends_commit_in_groups_published_before_acked(h: Harne
 
 
 async def test_a_failed_commit_fails_its_batch_only(tmp_path: Path) -> None:
-    h = Harness(FailingStore(str(tmp_path / "f.db")))
+    h = Harness(FailingStore(SqliteBackend(str(tmp_path / "f.db"))))
     await h.setup()
     try:
         ok_before = await h.writer.submit(h.send("before"))
@@ -100,7 +106,7 @@ async def test_a_failed_commit_fails_its_batch_only(tmp_path: Path) -> None:
 
 
 async def test_overload_is_refused_not_queued(tmp_path: Path) -> None:
-    h = Harness(SqliteStore(str(tmp_path / "o.db")), max_pending=10)
+    h = Harness(sqlite_store(tmp_path / "o.db"), max_pending=10)
     await h.setup()
     try:
         outcomes = await asyncio.gather(

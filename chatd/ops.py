@@ -1,0 +1,136 @@
+"""What the daemon asks the store to do, and what it gets back.
+
+Writes are *operations*: small frozen dataclasses named ``*Op`` so they are
+never confused with the wire commands of :mod:`chatd.wire` that ask for them.
+The group-commit writer (:mod:`chatd.writer`) hands the store a list of them;
+:mod:`chatd.rules` decides what each one means and which events it emits, and
+the whole list is applied in one transaction. Each operation gets one
+:data:`Result`: a value, or the :class:`~chatd.exceptions.ProtocolError` that
+refused it (which undoes that operation only).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from . import wire
+from .exceptions import ProtocolError
+
+# ----------------------------------------------------------------- operations
+
+
+@dataclass(frozen=True, slots=True)
+class CreateUserOp:
+    """Create a user unless the name key exists; either way return the stored user."""
+
+    name: str
+    key: str
+    pw_hash: str
+
+
+@dataclass(frozen=True, slots=True)
+class IssueTokenOp:
+    user_id: str
+    token_hash: bytes
+    expires_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class RevokeTokenOp:
+    token_hash: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class CreateChannelOp:
+    user: wire.User
+    name: str
+    key: str
+
+
+@dataclass(frozen=True, slots=True)
+class DeleteChannelOp:
+    user: wire.User
+    channel_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class SendOp:
+    user: wire.User
+    channel_id: str
+    body: str
+    nonce: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class DeleteMessageOp:
+    user: wire.User
+    message_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class ExpireOp:
+    """One bounded round of expiry; cutoffs are absolute times in ms."""
+
+    message_before_ms: int
+    channel_idle_before_ms: int
+    event_before_ms: int
+    nonce_before_ms: int
+    token_before_ms: int
+    limit: int
+
+
+Op = (
+    CreateUserOp | IssueTokenOp | RevokeTokenOp | CreateChannelOp | DeleteChannelOp | SendOp
+    | DeleteMessageOp | ExpireOp
+)
+
+# -------------------------------------------------------------------- results
+
+
+@dataclass(frozen=True, slots=True)
+class StoredUser:
+    id: str
+    name: str
+    pw_hash: str
+    created: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Sent:
+    message: wire.Message
+    channel: wire.Channel
+
+
+@dataclass(frozen=True, slots=True)
+class Expired:
+    messages: int = 0
+    channels: int = 0
+    events: int = 0
+    horizon: int = 0
+    more: bool = False
+
+
+Result = object | ProtocolError
+
+
+@dataclass(frozen=True, slots=True)
+class Published:
+    """A committed event: its seq, its channel (for filters) and its encoded frame."""
+
+    seq: int
+    channel_id: str
+    frame: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class EventPage:
+    """One page of a replay read, and the snapshot it was read from.
+
+    Not to be confused with a commit batch (the operations the writer commits
+    together): a page is what a subscriber catching up reads at a time.
+    """
+
+    events: list[tuple[int, bytes]]
+    #: the global position of the snapshot: every matching event <= upto was considered.
+    upto: int
+    horizon: int

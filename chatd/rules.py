@@ -1,0 +1,353 @@
+"""What each operation means, once for every storage backend.
+
+Who may do what, nonce replay, the cascade of a channel delete, what expiry
+removes, and which events a change emits and how they are framed: all of it is
+here, written against the row interface of :mod:`chatd.storage`. A backend
+stores rows; it never decides.
+
+A commit batch (:meth:`Rules.apply`) runs in one backend transaction. Each event
+gets the next seq from the counter read at the start of that transaction, is
+encoded to its wire frame once, stored, and returned as
+:class:`~chatd.ops.Published` in seq order.
+
+Fast path and careful path: every operation raises its refusal
+(:class:`~chatd.exceptions.ProtocolError`: not_found, forbidden, conflict)
+*before* it writes anything, so a refused operation needs no savepoint to undo
+it. Any other exception (a bug, a constraint, the disk) aborts the whole
+transaction; the batch is then applied again with a savepoint around each
+operation, so only the failing one fails.
+
+Caches, and what keeps them true with several writers (other nodes on one
+PostgreSQL, or ``chatd`` commands writing while the daemon runs): the channel
+rows the send path reads and the time of the newest event are kept between
+batches, tagged with the counter value they were read at. Every change to a
+channel row (create, delete) emits an event, and so moves the counter; every
+batch reads the counter first, under the transaction's lock. So a cache is used
+only while the counter is still the value it was read at, that is while no
+other writer has committed an event since; otherwise it is dropped and read
+again. A failed transaction drops it too.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+from collections.abc import Callable
+from typing import Any
+
+import msgspec
+
+from . import wire
+from .crypto import new_id, new_ordered_id
+from .exceptions import Conflict, Forbidden, InternalError, NotFound, ProtocolError
+from .ops import (
+    CreateChannelOp,
+    CreateUserOp,
+    DeleteChannelOp,
+    DeleteMessageOp,
+    EventPage,
+    Expired,
+    ExpireOp,
+    IssueTokenOp,
+    Op,
+    Published,
+    Result,
+    RevokeTokenOp,
+    SendOp,
+    Sent,
+    StoredUser,
+)
+from .storage import Backend, Snapshot, WriteTx
+
+log = logging.getLogger("chatd.rules")
+
+
+class _Commit:
+    """The rules' state of one transaction: the seq so far, the time, the events."""
+
+    __slots__ = ("at", "at_ms", "encoder", "events", "nonces", "seq", "tx")
+
+    def __init__(self, tx: WriteTx, seq: int, at_ms: int, encoder: msgspec.json.Encoder) -> None:
+        self.tx = tx
+        self.seq = seq
+        self.at_ms = at_ms
+        self.at = wire.format_at(at_ms)
+        self.encoder = encoder
+        self.events: list[Published] = []
+        #: (user id, nonce) -> result, for a retry that lands in the same batch as the first.
+        self.nonces: dict[tuple[str, str], Sent] = {}
+
+    def emit(
+        self,
+        kind: wire.EventKind,
+        channel: wire.Channel,
+        sender: wire.User | None = None,
+        message: wire.EventMessage | None = None,
+    ) -> int:
+        self.seq += 1
+        frame = self.encoder.encode(wire.Event(self.seq, self.at, kind, channel, sender, message))
+        self.tx.insert_event(self.seq, self.at_ms, channel.id, frame)
+        self.events.append(Published(self.seq, channel.id, frame))
+        return self.seq
+
+    def delete_messages(self, channel: wire.Channel, rows: list[tuple[str, int]]) -> None:
+        """Delete messages (id, seq) of one channel: a message.deleted each, bodies gone.
+
+        The message.sent event carries the body, so the backend drops it with the
+        message: a replay after this never shows the body again.
+        """
+        for message_id, _ in rows:
+            self.emit("message.deleted", channel, message=wire.EventMessage(message_id))
+        self.tx.delete_messages([seq for _, seq in rows])
+
+    def delete_channel(self, channel: wire.Channel) -> int:
+        """message.deleted for each remaining message, then channel.deleted."""
+        rows = self.tx.channel_messages(channel.id)
+        self.delete_messages(channel, rows)
+        self.emit("channel.deleted", channel)
+        self.tx.delete_channel(channel.id)
+        return len(rows)
+
+
+class Rules:
+    """The write rules and their caches; used on the backend's writing thread only."""
+
+    def __init__(self) -> None:
+        self._encoder = msgspec.json.Encoder()
+        # Seeded once: message ids need unpredictable tails, not a syscall per send.
+        self._rng = random.Random(os.urandom(16))
+        #: channel id -> (channel, creator id), valid while the counter is _valid_at.
+        self._channels: dict[str, tuple[wire.Channel, str]] = {}
+        #: at_ms of the newest event, valid likewise.
+        self._last_at = 0
+        #: the counter value the caches were read at; -1: read them again.
+        self._valid_at = -1
+
+    def forget(self) -> None:
+        """Drop the caches (after a failed transaction, or to be safe)."""
+        self._channels.clear()
+        self._valid_at = -1
+
+    def apply(
+        self, backend: Backend, ops: list[Op], now_ms: int
+    ) -> tuple[list[Result], list[Published]]:
+        """Apply ``ops`` in one transaction on the writing thread; see the module doc."""
+        try:
+            return backend.write_here(lambda tx: self._batch(tx, ops, now_ms, careful=False))
+        except Exception:
+            self.forget()
+            log.warning("batch of %d failed; retrying one operation at a time", len(ops))
+        try:
+            return backend.write_here(lambda tx: self._batch(tx, ops, now_ms, careful=True))
+        except BaseException:
+            self.forget()
+            raise
+
+    def _batch(
+        self, tx: WriteTx, ops: list[Op], now_ms: int, *, careful: bool
+    ) -> tuple[list[Result], list[Published]]:
+        start = tx.counter()
+        if start != self._valid_at:
+            self._channels.clear()
+            self._last_at = tx.last_event_at()
+        # Timestamps never go backwards along the sequence, even if the clock does.
+        c = _Commit(tx, start, max(now_ms, self._last_at), self._encoder)
+        results: list[Result] = []
+        for op in ops:
+            if careful:
+                results.append(self._carefully(c, op))
+                continue
+            try:
+                results.append(_APPLY[type(op)](self, c, op))
+            except ProtocolError as exc:
+                results.append(exc)
+        if c.seq != start:
+            tx.set_counter(c.seq)
+            self._last_at = c.at_ms
+        # If the commit that follows fails, apply() forgets this.
+        self._valid_at = c.seq
+        return results, c.events
+
+    def _carefully(self, c: _Commit, op: Op) -> Result:
+        tx = c.tx
+        seq, n_events, nonces = c.seq, len(c.events), dict(c.nonces)
+        tx.savepoint()
+        try:
+            result = _APPLY[type(op)](self, c, op)
+            tx.release_savepoint()
+            return result
+        except Exception as exc:
+            tx.rollback_savepoint()
+            c.seq, c.nonces = seq, nonces
+            del c.events[n_events:]
+            self._channels.clear()
+            if isinstance(exc, ProtocolError):
+                return exc
+            log.exception("store: %s failed", type(op).__name__)
+            return InternalError("internal error")
+
+    # ------------------------------------------------------------ the rules
+
+    def _channel(self, tx: WriteTx, channel_id: str) -> tuple[wire.Channel, str]:
+        """(channel, creator id), from the cache or the backend."""
+        found = self._channels.get(channel_id)
+        if found is None:
+            row = tx.channel(channel_id)
+            if row is None:
+                raise NotFound(f"channel: no channel {channel_id!r}")
+            found = self._channels[channel_id] = (wire.Channel(row[0], row[1]), row[2])
+        return found
+
+    def _create_user(self, c: _Commit, op: CreateUserOp) -> StoredUser:
+        row = c.tx.user_by_key(op.key)
+        if row:
+            return StoredUser(*row)
+        user_id = new_id("U")
+        c.tx.insert_user(user_id, op.name, op.key, op.pw_hash, c.at_ms)
+        return StoredUser(user_id, op.name, op.pw_hash, created=True)
+
+    def _issue_token(self, c: _Commit, op: IssueTokenOp) -> None:
+        c.tx.insert_token(op.token_hash, op.user_id, c.at_ms, op.expires_ms)
+
+    def _revoke_token(self, c: _Commit, op: RevokeTokenOp) -> None:
+        c.tx.delete_token(op.token_hash)
+
+    def _create_channel(self, c: _Commit, op: CreateChannelOp) -> wire.Channel:
+        taken = c.tx.channel_name_in_use(op.key)
+        if taken is not None:
+            raise Conflict(f"name: a channel named {taken!r} exists")
+        channel = wire.Channel(new_id("C"), op.name)
+        seq = c.emit("channel.created", channel)
+        c.tx.insert_channel(channel.id, op.name, op.key, op.user.id, seq, c.at_ms)
+        self._channels[channel.id] = (channel, op.user.id)
+        return channel
+
+    def _delete_channel(self, c: _Commit, op: DeleteChannelOp) -> wire.Channel:
+        channel, creator = self._channel(c.tx, op.channel_id)
+        if creator != op.user.id:
+            raise Forbidden("channel: only its creator may delete it")
+        c.delete_channel(channel)
+        self._channels.pop(channel.id, None)
+        return channel
+
+    def _send(self, c: _Commit, op: SendOp) -> Sent:
+        if op.nonce is not None:
+            first = c.nonces.get((op.user.id, op.nonce))
+            if first is not None:
+                return first
+            row = c.tx.nonce(op.user.id, op.nonce)
+            if row:
+                message_id, seq, at_ms, channel_id, channel_name, body = row
+                # The first ok again. If the message was deleted since, its body is
+                # gone for good; the retry carries the same body, so echo that.
+                message = wire.Message(
+                    message_id, seq, wire.format_at(at_ms), op.user,
+                    body if body is not None else op.body,
+                )
+                return Sent(message, wire.Channel(channel_id, channel_name))
+        channel, _ = self._channel(c.tx, op.channel_id)
+        # The event about to be emitted gets c.seq + 1.
+        message_id = new_ordered_id("M", c.seq + 1, self._rng)
+        seq = c.emit(
+            "message.sent", channel, sender=op.user,
+            message=wire.EventMessage(message_id, op.body),
+        )
+        c.tx.insert_message(seq, message_id, channel.id, op.user.id, op.user.name, c.at_ms,
+                            op.body)
+        c.tx.touch_channel(channel.id, c.at_ms)
+        sent = Sent(wire.Message(message_id, seq, c.at, op.user, op.body), channel)
+        if op.nonce is not None:
+            c.tx.insert_nonce(op.user.id, op.nonce, message_id, seq, c.at_ms, channel.id,
+                              channel.name)
+            c.nonces[(op.user.id, op.nonce)] = sent
+        return sent
+
+    def _delete_message(self, c: _Commit, op: DeleteMessageOp) -> tuple[str, wire.Channel]:
+        row = c.tx.message(op.message_id)
+        if row is None:
+            raise NotFound(f"message: no message {op.message_id!r}")
+        seq, channel_id, sender_id = row
+        if sender_id != op.user.id:
+            raise Forbidden("message: only its sender may delete it")
+        channel, _ = self._channel(c.tx, channel_id)
+        c.delete_messages(channel, [(op.message_id, seq)])
+        return op.message_id, channel
+
+    def _expire(self, c: _Commit, op: ExpireOp) -> Expired:
+        tx, budget = c.tx, op.limit
+        messages = channels = events = 0
+        old = tx.messages_before(op.message_before_ms, budget)
+        for message_id, seq, channel_id, channel_name in old:
+            c.delete_messages(wire.Channel(channel_id, channel_name), [(message_id, seq)])
+        messages += len(old)
+        budget -= len(old)
+        if budget > 0:
+            for channel_id, name in tx.idle_channels(op.channel_idle_before_ms, budget):
+                dropped = c.delete_channel(wire.Channel(channel_id, name))
+                self._channels.pop(channel_id, None)
+                messages += dropped
+                channels += 1
+                budget -= 1 + dropped
+                if budget <= 0:
+                    break
+        horizon = tx.horizon()
+        if budget > 0:
+            # at_ms never decreases along seq, so the expired events are a prefix.
+            last = 0
+            for seq, at_ms in tx.oldest_events(budget):
+                if at_ms >= op.event_before_ms:
+                    break
+                last = seq
+                events += 1
+            if last:
+                tx.drop_events_through(last)
+                if last > horizon:
+                    tx.set_horizon(last)
+                    horizon = last
+            budget -= events
+        tx.drop_nonces_before(op.nonce_before_ms, op.limit)
+        tx.drop_tokens_expired(op.token_before_ms, op.limit)
+        return Expired(messages, channels, events, horizon, more=budget <= 0)
+
+
+_APPLY: dict[type, Callable[[Rules, _Commit, Any], object]] = {
+    CreateUserOp: Rules._create_user,
+    IssueTokenOp: Rules._issue_token,
+    RevokeTokenOp: Rules._revoke_token,
+    CreateChannelOp: Rules._create_channel,
+    DeleteChannelOp: Rules._delete_channel,
+    SendOp: Rules._send,
+    DeleteMessageOp: Rules._delete_message,
+    ExpireOp: Rules._expire,
+}
+
+# ------------------------------------------------------------------- reads
+
+
+async def history(
+    snap: Snapshot, channel_id: str, before: int | None, limit: int
+) -> tuple[list[wire.Message], bool]:
+    """The newest ``limit`` messages before ``before``, ascending; and whether more exist."""
+    if await snap.channel(channel_id) is None:
+        raise NotFound(f"channel: no channel {channel_id!r}")
+    rows = await snap.messages(channel_id, wire.MAX_SEQ if before is None else before, limit + 1)
+    messages = [
+        wire.Message(mid, seq, wire.format_at(at_ms), wire.User(uid, uname), body)
+        for mid, seq, at_ms, uid, uname, body in reversed(rows[:limit])
+    ]
+    return messages, len(rows) > limit
+
+
+async def boot(snap: Snapshot) -> tuple[int, list[wire.Channel]]:
+    """The current position and every channel at it."""
+    seq, _ = await snap.counter()
+    return seq, [wire.Channel(i, n) for i, n in await snap.channels()]
+
+
+async def read_events(
+    snap: Snapshot, after: int, channels: frozenset[str] | None, limit: int
+) -> EventPage:
+    """A page of retained events after ``after``, and the snapshot's position."""
+    upto, horizon = await snap.counter()
+    return EventPage(await snap.events(after, upto, channels, limit), upto, horizon)

@@ -1,0 +1,210 @@
+"""The narrow interface a storage backend implements: rows in, rows out, no rules.
+
+What a command means (who may do what, nonce replay, the cascade of a channel
+delete, what expiry removes, which events a change emits and how they are
+framed) lives in :mod:`chatd.rules`, once for every backend. A backend only
+knows how to read and write rows, how to run a transaction, and which thread
+writes. :class:`chatd.sqlite_store.SqliteBackend` is the embedded one; a
+PostgreSQL backend implements the same three protocols.
+
+Writes: the rules call :meth:`Backend.write_here` on the backend's writing
+thread with a function of one :class:`WriteTx`. The backend opens a transaction
+that holds the global counter for its whole length (sqlite: ``BEGIN IMMEDIATE``;
+PostgreSQL: the counter row locked ``FOR UPDATE``), runs the function, and
+commits; if the function raises, it rolls back and re-raises. Within one
+transaction every read sees every row written earlier in it, with one
+exception stated at :meth:`WriteTx.nonce`. A backend may buffer inserts and
+write them in bulk (sqlite does, with one ``executemany`` per table) as long as
+that rule holds.
+
+Reads: :meth:`Backend.snapshot` yields a :class:`Snapshot` whose statements all
+see one committed state; :meth:`Backend.reader` is the same without the
+transaction, for a single statement. Reads run concurrently with the writer.
+
+Rows are plain tuples in the order each method's docstring names, so a backend
+can hand over what its driver returns without building objects.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
+from typing import Protocol, TypeVar
+
+T = TypeVar("T")
+
+#: (id, name, pw_hash)
+UserRow = tuple[str, str, str]
+#: (id, name, creator_id)
+ChannelRow = tuple[str, str, str]
+#: (seq, channel_id, sender_id)
+MessageKey = tuple[int, str, str]
+#: (message_id, seq, at_ms, channel_id, channel_name, body or None once deleted)
+NonceRow = tuple[str, int, int, str, str, str | None]
+#: (id, seq, at_ms, sender_id, sender_name, body)
+MessageRow = tuple[str, int, int, str, str, str]
+
+
+class WriteTx(Protocol):
+    """One write transaction, used on the writing thread only."""
+
+    # -- the global counter and the horizon (one row each)
+    def counter(self) -> int:
+        """The last seq assigned, as of this transaction (held until it ends)."""
+        ...
+
+    def set_counter(self, seq: int) -> None: ...
+
+    def horizon(self) -> int: ...
+
+    def set_horizon(self, seq: int) -> None: ...
+
+    def last_event_at(self) -> int:
+        """at_ms of the newest retained event, 0 when none is retained."""
+        ...
+
+    # -- savepoints, for the rules' careful path (one at a time, not nested)
+    def savepoint(self) -> None: ...
+
+    def rollback_savepoint(self) -> None:
+        """Undo everything since :meth:`savepoint`, buffered rows included."""
+        ...
+
+    def release_savepoint(self) -> None: ...
+
+    # -- users and tokens
+    def user_by_key(self, key: str) -> UserRow | None: ...
+
+    def insert_user(
+        self, user_id: str, name: str, key: str, pw_hash: str, created_ms: int
+    ) -> None: ...
+
+    def insert_token(
+        self, token_hash: bytes, user_id: str, created_ms: int, expires_ms: int
+    ) -> None: ...
+
+    def delete_token(self, token_hash: bytes) -> None: ...
+
+    # -- channels
+    def channel(self, channel_id: str) -> ChannelRow | None: ...
+
+    def channel_name_in_use(self, key: str) -> str | None:
+        """The stored name of the channel whose name key is ``key``."""
+        ...
+
+    def insert_channel(
+        self, channel_id: str, name: str, key: str, creator_id: str, created_seq: int,
+        at_ms: int,
+    ) -> None: ...
+
+    def delete_channel(self, channel_id: str) -> None: ...
+
+    def touch_channel(self, channel_id: str, at_ms: int) -> None:
+        """Record a new message in the channel at ``at_ms`` (for idle expiry)."""
+        ...
+
+    # -- messages and the event log
+    def message(self, message_id: str) -> MessageKey | None: ...
+
+    def channel_messages(self, channel_id: str) -> list[tuple[str, int]]:
+        """(id, seq) of every message of the channel, in seq order."""
+        ...
+
+    def insert_message(
+        self, seq: int, message_id: str, channel_id: str, sender_id: str, sender_name: str,
+        at_ms: int, body: str,
+    ) -> None: ...
+
+    def delete_messages(self, seqs: list[int]) -> None:
+        """Delete these messages and the events with the same seqs (their message.sent)."""
+        ...
+
+    def insert_event(self, seq: int, at_ms: int, channel_id: str, frame: bytes) -> None: ...
+
+    # -- send nonces
+    def nonce(self, user_id: str, nonce: str) -> NonceRow | None:
+        """The first send with this nonce, from an *earlier* transaction.
+
+        The exception to read-your-writes: a nonce inserted in this transaction
+        may or may not be seen (sqlite buffers them). The rules remember the
+        nonces of the transaction themselves.
+        """
+        ...
+
+    def insert_nonce(
+        self, user_id: str, nonce: str, message_id: str, seq: int, at_ms: int,
+        channel_id: str, channel_name: str,
+    ) -> None: ...
+
+    # -- expiry
+    def messages_before(self, at_ms: int, limit: int) -> list[tuple[str, int, str, str]]:
+        """(id, seq, channel_id, channel_name) of the oldest messages sent before at_ms."""
+        ...
+
+    def idle_channels(self, active_before_ms: int, limit: int) -> list[tuple[str, str]]:
+        """(id, name) of channels with no message since active_before_ms, least active first."""
+        ...
+
+    def oldest_events(self, limit: int) -> list[tuple[int, int]]:
+        """(seq, at_ms) of the oldest retained events, in seq order."""
+        ...
+
+    def drop_events_through(self, seq: int) -> None: ...
+
+    def drop_nonces_before(self, at_ms: int, limit: int) -> None: ...
+
+    def drop_tokens_expired(self, now_ms: int, limit: int) -> None: ...
+
+
+class Snapshot(Protocol):
+    """Reads; inside :meth:`Backend.snapshot` all of them see one committed state."""
+
+    async def counter(self) -> tuple[int, int]:
+        """(last seq assigned, horizon)."""
+        ...
+
+    async def user_by_key(self, key: str) -> UserRow | None: ...
+
+    async def user_by_token(self, token_hash: bytes, now_ms: int) -> tuple[str, str] | None:
+        """(id, name) of the token's user while the token has not expired."""
+        ...
+
+    async def channels(self) -> list[tuple[str, str]]:
+        """(id, name) of every channel, oldest first."""
+        ...
+
+    async def channel(self, channel_id: str) -> ChannelRow | None: ...
+
+    async def messages(self, channel_id: str, before: int, limit: int) -> list[MessageRow]:
+        """The newest ``limit`` messages of the channel with seq < before, newest first."""
+        ...
+
+    async def events(
+        self, after: int, upto: int, channels: frozenset[str] | None, limit: int
+    ) -> list[tuple[int, bytes]]:
+        """(seq, frame) of retained events in (after, upto], of ``channels`` if given."""
+        ...
+
+
+class Backend(Protocol):
+    #: the opaque history id made when the database was created.
+    epoch: str
+
+    async def open(self) -> None:
+        """Connect, create or migrate the schema, read the epoch."""
+        ...
+
+    async def close(self) -> None: ...
+
+    async def run_on_writer(self, fn: Callable[[], T]) -> T:
+        """Run ``fn`` on the writing thread and return its result; it may call
+        :meth:`write_here`."""
+        ...
+
+    def write_here(self, fn: Callable[[WriteTx], T]) -> T:
+        """One write transaction around ``fn``, on the writing thread; see the module doc."""
+        ...
+
+    def snapshot(self) -> AbstractAsyncContextManager[Snapshot]: ...
+
+    def reader(self) -> AbstractAsyncContextManager[Snapshot]: ...

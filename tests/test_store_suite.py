@@ -1,0 +1,353 @@
+"""The store suite: the rules of chatd/rules.py through the store interface, run
+against every backend. A new backend passes all of it or is not done.
+
+Every test gets ``db``, a fresh database as ``--db`` would name it, and opens
+stores on it with :func:`chatd.store.open_store`; nothing here reads a
+backend's files or tables directly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import pytest
+
+from chatd import wire
+from chatd.exceptions import Conflict, Forbidden, InternalError, NotFound
+from chatd.ops import (
+    CreateChannelOp,
+    CreateUserOp,
+    DeleteChannelOp,
+    DeleteMessageOp,
+    Expired,
+    ExpireOp,
+    IssueTokenOp,
+    Op,
+    Published,
+    RevokeTokenOp,
+    SendOp,
+    Sent,
+    StoredUser,
+)
+from chatd.store import Store, open_store
+
+BACKENDS = ["sqlite"]
+FAR = 10**13  # a time in ms long after every test's clock
+
+
+@pytest.fixture(params=BACKENDS)
+def db(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A fresh database, named as --db names it."""
+    assert request.param == "sqlite"
+    return str(tmp_path / "suite.db")
+
+
+OpenStore = Callable[[], Awaitable[Store]]
+
+
+@pytest.fixture
+async def opened(db: str) -> AsyncIterator[OpenStore]:
+    """Open stores on ``db`` (several make several writers); all closed at the end."""
+    stores: list[Store] = []
+
+    async def open_one() -> Store:
+        store = open_store(db)
+        await store.open()
+        stores.append(store)
+        return store
+
+    yield open_one
+    for store in stores:
+        await store.close()
+
+
+async def one(store: Store, op: Op, now_ms: int = 1000) -> Any:
+    """Apply one operation; its result, or raise its refusal."""
+    (result,), _ = await store.apply([op], now_ms)
+    if isinstance(result, Exception):
+        raise result
+    return result
+
+
+async def alice(store: Store, name: str = "alice") -> wire.User:
+    user = await one(store, CreateUserOp(name, name, "h"))
+    assert isinstance(user, StoredUser)
+    return wire.User(user.id, user.name)
+
+
+def decoded(events: list[Published]) -> list[wire.Event]:
+    return [msgspec.json.decode(e.frame, type=wire.Event) for e in events]
+
+
+async def replay(store: Store, after: int = 0, channels: frozenset[str] | None = None
+                 ) -> list[wire.Event]:
+    page = await store.read_events(after, channels, 10_000)
+    return [msgspec.json.decode(f, type=wire.Event) for _, f in page.events]
+
+
+# ------------------------------------------------------------------ batches
+
+
+async def test_batch_commits_refusals_alone(opened: OpenStore) -> None:
+    store = await opened()
+    me = await alice(store)
+    (channel,), events = await store.apply([CreateChannelOp(me, "g", "g")], 1000)
+    assert isinstance(channel, wire.Channel) and [e.seq for e in events] == [1]
+    ops: list[Op] = [
+        SendOp(me, channel.id, "one", "n1"),
+        SendOp(me, "Cnope", "lost", None),
+        CreateChannelOp(me, "G", "g"),
+        SendOp(me, channel.id, "one again", "n1"),  # same nonce, same batch
+        SendOp(me, channel.id, "two", None),
+    ]
+    results, events = await store.apply(ops, 2000)
+    assert isinstance(results[1], NotFound) and isinstance(results[2], Conflict)
+    first, again, two = results[0], results[3], results[4]
+    assert isinstance(first, Sent) and isinstance(two, Sent)
+    assert again == first
+    assert [e.seq for e in events] == [2, 3]
+    messages, more = await store.history(channel.id, None, 10)
+    assert [m.body for m in messages] == ["one", "two"] and not more
+    assert (await store.position())[0] == 3
+
+
+async def test_unexpected_failure_fails_only_its_operation(opened: OpenStore) -> None:
+    store = await opened()
+    me = await alice(store)
+    await one(store, IssueTokenOp(me.id, b"t" * 32, FAR))
+    channel = await one(store, CreateChannelOp(me, "g", "g"))
+    # The duplicate token violates a primary key: not a refusal, a failure.
+    results, events = await store.apply(
+        [
+            SendOp(me, channel.id, "before", "n-before"),
+            IssueTokenOp(me.id, b"t" * 32, FAR),
+            SendOp(me, channel.id, "after", None),
+        ],
+        2000,
+    )
+    assert isinstance(results[0], Sent) and isinstance(results[2], Sent)
+    assert isinstance(results[1], InternalError)
+    assert [e.seq for e in events] == [2, 3]
+    messages, _ = await store.history(channel.id, None, 10)
+    assert [m.body for m in messages] == ["before", "after"]
+    # the rules' caches survived the rollback of the first attempt
+    later = await one(store, SendOp(me, channel.id, "later", None), 3000)
+    assert later.message.seq == 4
+    # and the nonce of the first attempt was kept once, by the second
+    again = await one(store, SendOp(me, channel.id, "before", "n-before"), 3000)
+    assert again == results[0]
+
+
+async def test_reopen_keeps_epoch_sequence_and_channels(db: str) -> None:
+    store = open_store(db)
+    await store.open()
+    me = await alice(store)
+    channel = await one(store, CreateChannelOp(me, "g", "g"))
+    epoch = store.epoch
+    await store.close()
+    store = open_store(db)
+    await store.open()
+    try:
+        assert store.epoch == epoch and epoch
+        sent = await one(store, SendOp(me, channel.id, "x", None), 500)
+        assert sent.message.seq == 2
+        # the clock went backwards: timestamps along the sequence do not
+        assert wire.parse_at(sent.message.at) == 1000
+    finally:
+        await store.close()
+
+
+# ------------------------------------------------------------- the rules
+
+
+async def test_users_and_tokens(opened: OpenStore) -> None:
+    store = await opened()
+    first = await one(store, CreateUserOp("Alice", "alice", "hash1"))
+    assert first.created
+    again = await one(store, CreateUserOp("ALICE", "alice", "hash2"))
+    assert not again.created and (again.id, again.name, again.pw_hash) == (
+        first.id, "Alice", "hash1")
+    assert await store.user_by_name("alice") == StoredUser(first.id, "Alice", "hash1")
+    assert await store.user_by_name("bob") is None
+    await one(store, IssueTokenOp(first.id, b"a" * 32, 5000))
+    assert await store.user_by_token(b"a" * 32, 4999) == wire.User(first.id, "Alice")
+    assert await store.user_by_token(b"a" * 32, 5000) is None, "expired"
+    await one(store, IssueTokenOp(first.id, b"b" * 32, FAR))
+    await one(store, RevokeTokenOp(b"b" * 32))
+    assert await store.user_by_token(b"b" * 32, 1000) is None, "revoked"
+    assert (await store.position())[0] == 0, "accounts emit no event"
+
+
+async def test_channel_names_and_deletion_rights(opened: OpenStore) -> None:
+    store = await opened()
+    a, b = await alice(store), await alice(store, "bob")
+    channel = await one(store, CreateChannelOp(a, "General", "general"))
+    with pytest.raises(Conflict, match="'General'"):
+        await one(store, CreateChannelOp(b, "GENERAL", "general"))
+    with pytest.raises(Forbidden):
+        await one(store, DeleteChannelOp(b, channel.id))
+    with pytest.raises(NotFound):
+        await one(store, DeleteChannelOp(a, "Cnope"))
+    sent = await one(store, SendOp(b, channel.id, "hi", None))
+    with pytest.raises(Forbidden):
+        await one(store, DeleteMessageOp(a, sent.message.id))
+    with pytest.raises(NotFound):
+        await one(store, DeleteMessageOp(b, "Mnope"))
+    assert [m.id for m in (await store.history(channel.id, None, 10))[0]] == [sent.message.id]
+
+
+async def test_delete_channel_cascades_and_bodies_leave_the_replay(opened: OpenStore) -> None:
+    store = await opened()
+    me = await alice(store)
+    channel = await one(store, CreateChannelOp(me, "g", "g"))
+    other = await one(store, CreateChannelOp(me, "o", "o"))
+    m1 = await one(store, SendOp(me, channel.id, "secret one", None))
+    m2 = await one(store, SendOp(me, channel.id, "secret two", None))
+    kept = await one(store, SendOp(me, other.id, "kept", None))
+    results, events = await store.apply([DeleteChannelOp(me, channel.id)], 2000)
+    assert results == [channel]
+    kinds = [(e.kind, e.message.id if e.message else None) for e in decoded(events)]
+    assert kinds == [
+        ("message.deleted", m1.message.id),
+        ("message.deleted", m2.message.id),
+        ("channel.deleted", None),
+    ]
+    with pytest.raises(NotFound):
+        await store.history(channel.id, None, 10)
+    with pytest.raises(NotFound):
+        await one(store, SendOp(me, channel.id, "late", None))
+    seq, channels = await store.boot()
+    assert channels == [other] and seq == events[-1].seq
+    stream = await replay(store)
+    bodies = [e.message.body for e in stream if e.message and e.message.body]
+    assert bodies == ["kept"], "deleted bodies are gone from the event log"
+    assert [e.seq for e in stream] == sorted(e.seq for e in stream)
+    assert kept.message.seq in [e.seq for e in stream]
+    # the name is free again
+    assert isinstance(await one(store, CreateChannelOp(me, "g", "g")), wire.Channel)
+
+
+async def test_nonce_retry_after_delete_returns_the_first_ok(opened: OpenStore) -> None:
+    store = await opened()
+    me = await alice(store)
+    channel = await one(store, CreateChannelOp(me, "g", "g"))
+    first = await one(store, SendOp(me, channel.id, "hello", "n1"), 2000)
+    again = await one(store, SendOp(me, channel.id, "hello", "n1"), 3000)
+    assert again == first
+    await one(store, DeleteMessageOp(me, first.message.id))
+    after = await one(store, SendOp(me, channel.id, "hello retry", "n1"), 4000)
+    assert (after.message.id, after.message.seq, after.message.at) == (
+        first.message.id, first.message.seq, first.message.at)
+    assert after.message.body == "hello retry", "the body is gone; the retry's is echoed"
+    other = await alice(store, "bob")
+    theirs = await one(store, SendOp(other, channel.id, "same nonce", "n1"))
+    assert theirs.message.id != first.message.id, "nonces are per user"
+
+
+async def test_history_pages(opened: OpenStore) -> None:
+    store = await opened()
+    me = await alice(store)
+    channel = await one(store, CreateChannelOp(me, "g", "g"))
+    sent = [await one(store, SendOp(me, channel.id, f"m{i}", None)) for i in range(7)]
+    seqs = [s.message.seq for s in sent]
+    page, more = await store.history(channel.id, None, 3)
+    assert [m.seq for m in page] == seqs[-3:] and more
+    page, more = await store.history(channel.id, page[0].seq, 3)
+    assert [m.seq for m in page] == seqs[1:4] and more
+    page, more = await store.history(channel.id, page[0].seq, 3)
+    assert [m.seq for m in page] == seqs[:1] and not more
+    assert page[0] == sent[0].message
+
+
+async def test_read_events_pages_filters_and_snapshot_position(opened: OpenStore) -> None:
+    store = await opened()
+    me = await alice(store)
+    a = await one(store, CreateChannelOp(me, "a", "a"))
+    b = await one(store, CreateChannelOp(me, "b", "b"))
+    for i in range(5):
+        await one(store, SendOp(me, a.id, f"a{i}", None))
+        await one(store, SendOp(me, b.id, f"b{i}", None))
+    page = await store.read_events(0, None, 4)
+    assert [s for s, _ in page.events] == [1, 2, 3, 4] and page.upto == 12
+    assert page.horizon == 0
+    page = await store.read_events(4, frozenset({b.id, "Cdeleted-long-ago"}), 100)
+    assert [s for s, _ in page.events] == [6, 8, 10, 12]
+    assert {e.channel.id for e in await replay(store, 0, frozenset({a.id}))} == {a.id}
+
+
+async def test_expiry_messages_channels_events_and_horizon(opened: OpenStore) -> None:
+    store = await opened()
+    me = await alice(store)
+    old = await one(store, CreateChannelOp(me, "old", "old"), 1000)
+    busy = await one(store, CreateChannelOp(me, "busy", "busy"), 1000)
+    early = await one(store, SendOp(me, busy.id, "early", "n-early"), 2000)
+    late = await one(store, SendOp(me, busy.id, "late", None), 9000)
+    await one(store, IssueTokenOp(me.id, b"x" * 32, 3000))
+
+    def expire(limit: int = 100) -> ExpireOp:
+        return ExpireOp(
+            message_before_ms=5000, channel_idle_before_ms=5000, event_before_ms=5000,
+            nonce_before_ms=5000, token_before_ms=5000, limit=limit,
+        )
+
+    results, events = await store.apply([expire()], 10_000)
+    done = results[0]
+    assert isinstance(done, Expired)
+    assert (done.messages, done.channels, done.more) == (1, 1, False)
+    kinds = [(e.kind, e.channel.id) for e in decoded(events)]
+    assert kinds == [("message.deleted", busy.id), ("channel.deleted", old.id)]
+    # events before 5000 are dropped: the two creations (seqs 1 and 2, at 1000); the
+    # early send's event (2000) went with its message. The horizon is the newest dropped.
+    assert done.horizon == 2
+    seq, horizon = await store.position()
+    assert horizon == done.horizon and seq == events[-1].seq
+    assert [m.body for m in (await store.history(busy.id, None, 10))[0]] == ["late"]
+    assert (await replay(store))[0].seq == late.message.seq
+    assert await store.user_by_token(b"x" * 32, 1000) is None, "the expired token is gone"
+    # the nonce expired with its message's day: the same nonce makes a new message
+    again = await one(store, SendOp(me, busy.id, "early", "n-early"), 11_000)
+    assert again.message.id != early.message.id
+
+
+async def test_expiry_rounds_are_bounded(opened: OpenStore) -> None:
+    store = await opened()
+    me = await alice(store)
+    channel = await one(store, CreateChannelOp(me, "g", "g"), 1000)
+    for i in range(5):
+        await one(store, SendOp(me, channel.id, f"m{i}", None), 1000)
+    await one(store, SendOp(me, channel.id, "new", None), 9000)
+    rounds = []
+    while True:
+        done = await one(store, ExpireOp(5000, 0, 0, 0, 0, limit=2), 10_000)
+        rounds.append(done.messages)
+        if not done.more:
+            break
+    assert rounds == [2, 2, 1]
+    assert [m.body for m in (await store.history(channel.id, None, 10))[0]] == ["new"]
+
+
+# ------------------------------------------------- several writers, one database
+
+
+async def test_caches_hold_with_another_writer(opened: OpenStore) -> None:
+    """Two stores on one database, as two nodes (or the daemon and a `chatd`
+    command) are: neither may act on what it remembers once the other wrote."""
+    a, b = await opened(), await opened()
+    me = await alice(a)
+    channel = await one(a, CreateChannelOp(me, "g", "g"), 1000)
+    sent = await one(b, SendOp(me, channel.id, "via b", None), 1000)  # b learns the channel
+    assert sent.message.seq == 2
+    await one(a, DeleteChannelOp(me, channel.id), 5000)
+    with pytest.raises(NotFound):
+        await one(b, SendOp(me, channel.id, "to a deleted channel", None), 1000)
+    # one counter: b's next event follows a's, and its time does not go back
+    again = await one(a, CreateChannelOp(me, "g", "g"), 5000)
+    late = await one(b, SendOp(me, again.id, "after", None), 2000)
+    assert late.message.seq == (await a.position())[0]
+    assert wire.parse_at(late.message.at) >= 5000
+    stream = await replay(b)
+    assert [e.seq for e in stream] == sorted({e.seq for e in stream})
+

@@ -1,0 +1,27 @@
+"""chatd/store.py: which backend --db names."""
+
+from __future__ import annotations
+
+import pytest
+
+from chatd.exceptions import StartupError
+from chatd.sqlite_store import SqliteBackend
+from chatd.store import open_store
+
+
+@pytest.mark.parametrize("db", ["chatd.db", "./data/chatd.db", "/var/lib/chatd/chatd.db",
+                                "relative/with:colon.db"])
+def test_a_path_is_sqlite(db: str) -> None:
+    store = open_store(db)
+    assert isinstance(store.backend, SqliteBackend) and store.backend.path == db
+
+
+@pytest.mark.parametrize("db", ["postgresql://chatd@localhost/chatd", "POSTGRES://h/db"])
+def test_postgresql_is_a_clear_startup_error_until_it_exists(db: str) -> None:
+    with pytest.raises(StartupError, match="PostgreSQL"):
+        open_store(db)
+
+
+def test_an_unknown_url_is_a_startup_error() -> None:
+    with pytest.raises(StartupError, match="unknown database URL scheme"):
+        open_store("mysql://localhost/chatd")
