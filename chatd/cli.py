@@ -19,6 +19,7 @@ from typing import Any
 
 from . import __version__, clientcli
 from .config import Config, Flag, flags, parse_duration, parse_size
+from .exceptions import StartupError
 
 DEFAULTS = Config()
 
@@ -214,7 +215,7 @@ def run_serve(args: argparse.Namespace) -> int:
         return 1
     except KeyboardInterrupt:
         pass
-    except OSError as exc:
+    except (OSError, StartupError) as exc:
         log.error("cannot serve: %s", exc)
         return 1
     return 0
