@@ -1,19 +1,16 @@
-"""The daemon under test: ``python -m chatd serve`` in a subprocess, and what
-/proc says about it (CPU seconds, resident memory)."""
+"""The daemon under test: ``python -m chatd serve`` in a subprocess (started by
+:mod:`tests.daemon_process`, which the tests use too), and what /proc says about
+it (CPU seconds, resident memory)."""
 
 from __future__ import annotations
 
 import os
-import re
-import signal
-import subprocess
 import sys
-import threading
-import time
 import urllib.request
 from pathlib import Path
 
-LISTEN_RE = re.compile(r"serving on ws://(?P<host>[^\s:]+):(?P<port>\d+)/ws")
+from tests.daemon_process import ServerProcess, serve_command
+
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
 REPO = Path(__file__).resolve().parent.parent
@@ -50,18 +47,22 @@ def proc_rss(pid: int) -> int:
     raise RuntimeError(f"no VmRSS for pid {pid}")
 
 
-class Daemon:
-    """One chatd on a fresh database file, on an ephemeral port."""
+class Daemon(ServerProcess):
+    """One chatd on a fresh database file, on an ephemeral port, run from the
+    repository. :attr:`log` keeps its startup lines; of the rest (every connection
+    logs its open and close at INFO), :attr:`errors` keeps the first warnings,
+    errors and traceback lines."""
 
     def __init__(self, db: Path, extra: list[str] | None = None) -> None:
+        path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)
+        super().__init__({"PYTHONPATH": path}, cwd=REPO, on_line=self._line)
         self.db = db
         self.extra = extra or []
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.host = "127.0.0.1"
-        self.port = 0
-        self.log: list[str] = []
         self.errors: list[str] = []
-        self._drain: threading.Thread | None = None
+
+    def _line(self, line: str) -> None:
+        if " INFO " not in line and len(self.errors) < 200:
+            self.errors.append(line.rstrip("\n"))
 
     @property
     def pid(self) -> int:
@@ -69,46 +70,11 @@ class Daemon:
         return self.proc.pid
 
     def start(self, timeout: float = 30.0) -> None:
-        env = dict(os.environ)
-        env["PYTHONUNBUFFERED"] = "1"
-        env["PYTHONPATH"] = os.pathsep.join(
-            p for p in (str(REPO), env.get("PYTHONPATH", "")) if p
-        )
-        cmd = self.command()
-        self.proc = subprocess.Popen(
-            cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-            env=env, cwd=str(REPO),
-        )
-        assert self.proc.stderr is not None
-        found = threading.Event()
-
-        def drain() -> None:
-            assert self.proc is not None and self.proc.stderr is not None
-            for raw in self.proc.stderr:
-                line = raw.decode(errors="replace").rstrip("\n")
-                if not found.is_set():
-                    self.log.append(line)
-                    m = LISTEN_RE.search(line)
-                    if m:
-                        self.host, self.port = m.group("host"), int(m.group("port"))
-                        found.set()
-                # Every connection logs its open and close at INFO: keep the rest
-                # (warnings, errors and the lines of their tracebacks).
-                elif " INFO " not in line:
-                    if len(self.errors) < 200:
-                        self.errors.append(line)
-
-        self._drain = threading.Thread(target=drain, name="chatd-stderr", daemon=True)
-        self._drain.start()
-        deadline = time.monotonic() + timeout
-        while not found.wait(0.05):
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError("chatd did not start:\n" + "\n".join(self.log[-30:]))
+        self.spawn(self.command())
+        self.wait_listening(timeout)
 
     def command(self) -> list[str]:
-        return [sys.executable, "-m", "chatd", "serve", "--db", str(self.db), "--port", "0",
-                *SERVE_ARGS, *self.extra]
+        return serve_command(self.db, 0, [*SERVE_ARGS, *self.extra])
 
     def cpu(self) -> float:
         return proc_cpu(self.pid)
@@ -130,25 +96,6 @@ class Daemon:
                 except ValueError:
                     continue
         return out
-
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def stop(self) -> int | None:
-        proc = self.proc
-        if proc is None:
-            return None
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        if self._drain is not None:
-            self._drain.join(5)
-        self.proc = None
-        return proc.returncode
 
 
 class EchoServer(Daemon):

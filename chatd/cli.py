@@ -18,19 +18,10 @@ from datetime import UTC, datetime
 from typing import Any
 
 from . import __version__, clientcli
-from .config import Config, parse_duration, parse_size
+from .config import Config, Flag, flags, parse_duration, parse_size
+from .exceptions import StartupError
 
 DEFAULTS = Config()
-
-
-def _env(name: str, default: Any, parse: Callable[[str], Any] = str) -> Any:
-    raw = os.environ.get("CHATD_" + name.upper().replace("-", "_"))
-    if raw is None or raw == "":
-        return default
-    try:
-        return parse(raw)
-    except ValueError as exc:
-        raise SystemExit(f"chatd: CHATD_{name.upper().replace('-', '_')}: {exc}") from None
 
 
 def _bool(text: str) -> bool:
@@ -40,6 +31,10 @@ def _bool(text: str) -> bool:
     if low in ("0", "false", "no", "off"):
         return False
     raise ValueError(f"not a boolean: {text!r}")
+
+
+def _origins(text: str) -> tuple[str, ...]:
+    return tuple(o.strip() for o in text.split(",") if o.strip())
 
 
 def _duration(text: str) -> float:
@@ -63,6 +58,76 @@ def _human(seconds: float) -> str:
     return f"{seconds:g}s"
 
 
+#: Per flag kind: how its environment variable is parsed (ValueError when it cannot
+#: be), argparse's type= for the command line, and the metavar in --help.
+_ENV_PARSE: dict[str, Callable[[str], Any]] = {
+    "duration": parse_duration, "size": parse_size, "int": int, "float": float,
+    "bool": _bool, "str": str, "choice": str, "origins": _origins,
+}
+_ARG_TYPE: dict[str, Callable[[str], Any]] = {
+    "duration": _duration, "size": _size, "int": int, "float": float,
+}
+_METAVAR = {"duration": "DURATION", "size": "BYTES", "int": "N", "float": "N",
+            "origins": "ORIGIN"}
+
+
+class _ServeFlag:
+    """A Config field's ``chatd serve`` flag: its option, env variable and values."""
+
+    def __init__(self, field: str, flag: Flag) -> None:
+        self.field = field
+        self.flag = flag
+        name = flag.name or field.replace("_", "-")
+        self.option = "--" + name
+        self.env = "CHATD_" + name.upper().replace("-", "_")
+
+    def from_env(self) -> Any:
+        """The value of its environment variable, or the Config default without one."""
+        default = getattr(DEFAULTS, self.field)
+        raw = os.environ.get(self.env)
+        if raw is None or raw == "":
+            return default
+        try:
+            value = _ENV_PARSE[self.flag.kind](raw)
+            if self.flag.choices and value not in self.flag.choices:
+                raise ValueError(f"{raw!r} is not one of {', '.join(self.flag.choices)}")
+        except ValueError as exc:
+            raise SystemExit(f"chatd: {self.env}: {exc}") from None
+        return value
+
+    def help(self) -> str:
+        fl, default = self.flag, getattr(DEFAULTS, self.field)
+        if fl.hidden:
+            return argparse.SUPPRESS
+        if fl.kind == "origins":
+            return f"{fl.help} (env {self.env}, comma-separated)"
+        if fl.kind == "bool":
+            return f"{fl.help} (env {self.env}=true|false; default {'on' if default else 'off'})"
+        shown = (_human(default) if fl.kind == "duration"
+                 else f"{default:g}" if fl.kind == "float" else str(default))
+        return f"{fl.help} (env {self.env}; default {shown})"
+
+    def add_to(self, p: argparse.ArgumentParser) -> None:
+        kind = self.flag.kind
+        kw: dict[str, Any] = {"dest": self.field, "help": self.help()}
+        metavar = self.flag.metavar or _METAVAR.get(kind)
+        if metavar:
+            kw["metavar"] = metavar
+        if kind == "bool":
+            kw.update(action=argparse.BooleanOptionalAction, default=self.from_env())
+        elif kind == "origins":
+            # Appended to, so the environment is read in config_from_args: a flag on
+            # the command line replaces the env list instead of adding to it.
+            kw.update(action="append", default=None)
+        else:
+            kw.update(type=_ARG_TYPE.get(kind), default=self.from_env(),
+                      choices=self.flag.choices or None)
+        p.add_argument(self.option, **kw)
+
+
+SERVE_FLAGS = [_ServeFlag(name, fl) for name, fl in flags()]
+
+
 def add_serve(
     sub: argparse._SubParsersAction[argparse.ArgumentParser],
 ) -> argparse.ArgumentParser:
@@ -74,138 +139,20 @@ def add_serve(
         "(e.g. CHATD_DB, CHATD_MAX_FRAME); the command line wins. Durations are "
         "seconds (floats allowed) or a number with s, m, h or d.",
     )
-    d = DEFAULTS
-
-    def dur(flag: str, default: float, text: str) -> None:
-        name = flag.removeprefix("--")
-        p.add_argument(
-            flag, type=_duration, metavar="DURATION",
-            default=_env(name, default, parse_duration),
-            help=f"{text} (env CHATD_{name.upper().replace('-', '_')}; default {_human(default)})",
-        )
-
-    def num(flag: str, kind: Callable[[str], Any], default: float, text: str) -> None:
-        name = flag.removeprefix("--")
-        env = "CHATD_" + name.upper().replace("-", "_")
-        p.add_argument(
-            flag, type=kind, metavar="N", default=_env(name, default, kind),
-            help=f"{text} (env {env}; default {default:g})",
-        )
-
-    p.add_argument("--db", default=_env("db", d.db),
-                   help=f"sqlite database file, created if missing (env CHATD_DB; default {d.db})")
-    p.add_argument("--host", default=_env("host", d.host),
-                   help=f"address to listen on (env CHATD_HOST; default {d.host})")
-    p.add_argument("--port", type=int, default=_env("port", d.port, int),
-                   help=f"TCP port; 0 picks a free one (env CHATD_PORT; default {d.port})")
-    dur("--message-ttl", d.message_ttl, "delete messages older than this")
-    dur("--channel-ttl", d.channel_ttl, "delete channels with no new message for this long")
-    dur("--event-ttl", d.event_ttl, "drop retained events older than this (moves the horizon)")
-    dur("--expire-interval", d.expire_interval, "how often expiry runs")
-    p.add_argument(
-        "--open-signup", action=argparse.BooleanOptionalAction,
-        default=_env("open_signup", d.open_signup, _bool),
-        help="create unknown users on first login (env CHATD_OPEN_SIGNUP=true|false; "
-        "default on)",
-    )
-    p.add_argument("--max-frame", type=_size, metavar="BYTES",
-                   default=_env("max_frame", d.max_frame, parse_size),
-                   help="largest accepted WebSocket message; larger closes with 1009 "
-                   f"(env CHATD_MAX_FRAME; default {d.max_frame})")
-    p.add_argument(
-        "--allow-origin", action="append", metavar="ORIGIN", dest="allow_origin",
-        default=None,
-        help="browser Origin allowed at the handshake, repeatable; '*' allows any. Default: "
-        "the server's own origin (env CHATD_ALLOW_ORIGIN, comma-separated)",
-    )
-    dur("--token-ttl", d.token_ttl, "lifetime of a login token")
-    p.add_argument("--send-buffer-limit", type=_size, metavar="BYTES",
-                   default=_env("send_buffer_limit", d.send_buffer_limit, parse_size),
-                   help="unsent bytes per connection before its live events pause and it is "
-                   "caught up from the store (env CHATD_SEND_BUFFER_LIMIT; default "
-                   f"{d.send_buffer_limit})")
-    dur("--slow-reader-timeout", d.slow_reader_timeout,
-        "close a connection with 4000 when its buffer stays full this long")
-    dur("--drain-timeout", d.drain_timeout,
-        "on SIGTERM/SIGINT, how long in-flight commands may take before exit")
-    p.add_argument(
-        "--rate-limits", action=argparse.BooleanOptionalAction,
-        default=_env("rate_limits", d.rate_limits, _bool),
-        help="per-connection and per-user command rate limits; --no-rate-limits turns them "
-        "off (login throttling stays on) (env CHATD_RATE_LIMITS; default on)",
-    )
-    num("--conn-rate", float, d.conn_rate, "commands per second per connection")
-    num("--conn-burst", float, d.conn_burst,
-        "commands a connection may send at once above its rate")
-    num("--user-rate", float, d.user_rate,
-        "commands per second per user, over all its connections")
-    num("--user-burst", float, d.user_burst, "commands a user may send at once above its rate")
-    num("--login-failures", int, d.login_failures,
-        "failed logins per name within --login-window before logins with that name are "
-        "refused with rate_limited")
-    num("--login-failures-per-address", int, d.login_failures_per_address,
-        "failed logins per client address within --login-window before logins from it "
-        "are refused with rate_limited")
-    dur("--login-window", d.login_window, "the window of --login-failures")
-    num("--max-login-failures-per-conn", int, d.max_login_failures_per_conn,
-        "failed login/auth attempts on one connection before it is closed with 1008")
-    num("--max-connections", int, d.max_connections, "open connections in total (0: no limit)")
-    num("--max-connections-per-address", int, d.max_connections_per_address,
-        "open connections per client address (0: no limit)")
-    dur("--login-timeout", d.login_timeout,
-        "close connections that have not logged in after this long (1008)")
-    p.add_argument("--log-level", default=_env("log_level", d.log_level),
-                   choices=["debug", "info", "warning", "error"],
-                   help="log level (env CHATD_LOG_LEVEL; default info)")
-    p.add_argument("--log-format", default=_env("log_format", d.log_format),
-                   choices=["text", "json"],
-                   help="log line format (env CHATD_LOG_FORMAT; default text)")
-    p.add_argument("--loop", default=_env("loop", d.loop), choices=["auto", "uvloop", "asyncio"],
-                   help="event loop: uvloop when installed (pip install 'chatd[speed]'), or "
-                   "asyncio (env CHATD_LOOP; default auto)")
-    p.add_argument("--scrypt-n", type=int, default=_env("scrypt_n", d.scrypt_n, int),
-                   help=argparse.SUPPRESS)
+    for f in SERVE_FLAGS:
+        f.add_to(p)
     p.set_defaults(func=run_serve)
     return p
 
 
 def config_from_args(args: argparse.Namespace) -> Config:
-    origins = args.allow_origin
-    if origins is None:
-        env = os.environ.get("CHATD_ALLOW_ORIGIN", "")
-        origins = [o.strip() for o in env.split(",") if o.strip()]
-    return Config(
-        db=args.db,
-        host=args.host,
-        port=args.port,
-        message_ttl=args.message_ttl,
-        channel_ttl=args.channel_ttl,
-        event_ttl=args.event_ttl,
-        expire_interval=args.expire_interval,
-        open_signup=args.open_signup,
-        max_frame=args.max_frame,
-        allow_origins=tuple(origins),
-        token_ttl=args.token_ttl,
-        send_buffer_limit=args.send_buffer_limit,
-        slow_reader_timeout=args.slow_reader_timeout,
-        drain_timeout=args.drain_timeout,
-        rate_limits=args.rate_limits,
-        conn_rate=args.conn_rate,
-        conn_burst=args.conn_burst,
-        user_rate=args.user_rate,
-        user_burst=args.user_burst,
-        login_failures=args.login_failures,
-        login_failures_per_address=args.login_failures_per_address,
-        login_window=args.login_window,
-        max_login_failures_per_conn=args.max_login_failures_per_conn,
-        max_connections=args.max_connections,
-        max_connections_per_address=args.max_connections_per_address,
-        login_timeout=args.login_timeout,
-        log_level=args.log_level,
-        log_format=args.log_format,
-        loop=args.loop,
-        scrypt_n=args.scrypt_n,
-    )
+    values = {}
+    for f in SERVE_FLAGS:
+        value = getattr(args, f.field)
+        if f.flag.kind == "origins":
+            value = f.from_env() if value is None else tuple(value)
+        values[f.field] = value
+    return Config(**values)
 
 
 class JsonFormatter(logging.Formatter):
@@ -268,7 +215,7 @@ def run_serve(args: argparse.Namespace) -> int:
         return 1
     except KeyboardInterrupt:
         pass
-    except OSError as exc:
+    except (OSError, StartupError) as exc:
         log.error("cannot serve: %s", exc)
         return 1
     return 0

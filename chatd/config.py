@@ -1,10 +1,17 @@
-"""The daemon's configuration: one typed, immutable object passed in, never global."""
+"""The daemon's configuration: one typed, immutable object passed in, never global.
+
+Each field of :class:`Config` is also the one definition of its ``chatd serve``
+flag: :func:`flag` puts the flag's help text and kind into the field's metadata,
+and :mod:`chatd.cli` builds the parser, the ``CHATD_*`` environment variables and
+the Config from them. A field made with :func:`no_flag` is set only in code.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*([smhd]?)\s*$")
 _UNITS = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
@@ -30,83 +37,140 @@ def parse_size(text: str) -> int:
     return int(m.group(1)) * {"b": 1, "k": 1024, "m": 1024 * 1024}[unit]
 
 
+#: How a flag's text is parsed and shown: a duration ("90d"), a size ("64KiB"), a
+#: number, an on/off switch (--x/--no-x), a string, one of ``choices``, or the
+#: repeatable --allow-origin (env: a comma-separated list).
+Kind = Literal["duration", "size", "int", "float", "bool", "str", "choice", "origins"]
+
+
+@dataclass(frozen=True)
+class Flag:
+    """The ``chatd serve`` flag of a :class:`Config` field (``--message-ttl`` and
+    ``CHATD_MESSAGE_TTL`` for ``message_ttl``)."""
+
+    help: str
+    kind: Kind
+    choices: tuple[str, ...] = ()
+    #: accepted but left out of --help (a knob for tests).
+    hidden: bool = False
+    #: the flag's name without ``--`` when it is not the field's (``allow-origin``).
+    name: str = ""
+    #: argparse's metavar when the kind's (DURATION, BYTES, N, ORIGIN) does not fit.
+    metavar: str | None = None
+
+
+def flag(default: Any, kind: Kind, help: str, **more: Any) -> Any:
+    """A Config field that is also a ``chatd serve`` flag; ``more`` are :class:`Flag`'s."""
+    return field(default=default, metadata={"flag": Flag(help=help, kind=kind, **more)})
+
+
+def no_flag(default: Any) -> Any:
+    """A Config field with no flag: only code sets it (tests, an embedding program)."""
+    return field(default=default, metadata={"flag": None})
+
+
 @dataclass(frozen=True, kw_only=True)
 class Config:
-    """Everything the daemon can be told. Defaults are PROTOCOL.md's."""
+    """Everything the daemon can be told. Defaults are PROTOCOL.md's; each field is
+    made with :func:`flag` or :func:`no_flag`, in the order of ``chatd serve --help``."""
 
-    db: str = "./chatd.db"
-    host: str = "127.0.0.1"
-    port: int = 8765
+    db: str = flag("./chatd.db", "str",
+                   "sqlite database file (created if missing), or a postgresql:// URL")
+    host: str = flag("127.0.0.1", "str", "address to listen on")
+    port: int = flag(8765, "int", "TCP port; 0 picks a free one", metavar="PORT")
 
     # expiry (seconds)
-    message_ttl: float = 90 * DAY
-    channel_ttl: float = 90 * DAY
-    event_ttl: float = 7 * DAY
-    expire_interval: float = 60.0
+    message_ttl: float = flag(90 * DAY, "duration", "delete messages older than this")
+    channel_ttl: float = flag(90 * DAY, "duration",
+                              "delete channels with no new message for this long")
+    event_ttl: float = flag(7 * DAY, "duration",
+                            "drop retained events older than this (moves the horizon)")
+    expire_interval: float = flag(60.0, "duration", "how often expiry runs")
     #: rows one expiry transaction touches at most; a long backlog runs as several.
-    expire_batch: int = 2000
+    expire_batch: int = no_flag(2000)
 
-    open_signup: bool = True
-    max_frame: int = 65536
-    #: browser origins allowed at the handshake; empty means "the server's own origin".
-    allow_origins: tuple[str, ...] = ()
+    open_signup: bool = flag(True, "bool", "create unknown users on first login")
+    max_frame: int = flag(65536, "size",
+                          "largest accepted WebSocket message; larger closes with 1009")
+    #: empty means "the server's own origin".
+    allow_origins: tuple[str, ...] = flag(
+        (), "origins", "browser Origin allowed at the handshake, repeatable; '*' allows any. "
+        "Default: the server's own origin", name="allow-origin")
 
-    #: lifetime of a login token.
-    token_ttl: float = 30 * DAY
+    token_ttl: float = flag(30 * DAY, "duration", "lifetime of a login token")
     #: how long a send nonce stays idempotent (PROTOCOL.md: at least 24 hours).
-    nonce_ttl: float = DAY
+    nonce_ttl: float = no_flag(DAY)
 
     # fanout and slow readers (PROTOCOL.md guarantee 4)
-    #: bytes a connection may have unsent before live events stop being written to
-    #: it; it is then caught up from the store once its buffer has drained.
-    send_buffer_limit: int = 256 * 1024
-    #: a connection whose buffer stays over the limit this long is closed with 4000.
-    slow_reader_timeout: float = 30.0
+    #: once over the limit, live events stop being written to the connection; it is
+    #: then caught up from the store once its buffer has drained.
+    send_buffer_limit: int = flag(
+        256 * 1024, "size", "unsent bytes per connection before its live events pause and it "
+        "is caught up from the store")
+    slow_reader_timeout: float = flag(
+        30.0, "duration", "close a connection with 4000 when its buffer stays full this long")
     #: events per store read when replaying or catching up.
-    replay_batch: int = 1000
+    replay_batch: int = no_flag(1000)
+
+    # shutdown
+    drain_timeout: float = flag(
+        10.0, "duration", "on SIGTERM/SIGINT, how long in-flight commands may take before exit")
 
     # commands
     #: commands one connection may have in flight before the server stops reading it.
-    max_inflight: int = 64
+    max_inflight: int = no_flag(64)
     #: state changes committed in one transaction at most (group commit).
-    max_commit_batch: int = 512
+    max_commit_batch: int = no_flag(512)
     #: consecutive bad_request frames before the server closes with 1008.
-    max_bad_frames: int = 20
+    max_bad_frames: int = no_flag(20)
 
     # abuse limits (docs/security.md lists each with its test)
-    #: command rate limits on or off; login throttling stays on either way.
-    rate_limits: bool = True
-    #: commands per second per connection, and the burst above that rate.
-    conn_rate: float = 500.0
-    conn_burst: float = 1000.0
-    #: commands per second per user over all of its connections, and the burst.
-    user_rate: float = 1000.0
-    user_burst: float = 2000.0
-    #: failed logins per name, and per client address, within login_window before
-    #: further logins are refused with rate_limited.
-    login_failures: int = 10
-    login_failures_per_address: int = 50
-    login_window: float = 60.0
-    #: failed login/auth attempts on one connection before it is closed with 1008.
-    max_login_failures_per_conn: int = 10
-    #: open connections in total and per client address (0: no limit).
-    max_connections: int = 10_000
-    max_connections_per_address: int = 1000
-    #: a connection that has not logged in after this long is closed with 1008.
-    login_timeout: float = 30.0
-
-    # shutdown
-    drain_timeout: float = 10.0
+    rate_limits: bool = flag(
+        True, "bool", "per-connection and per-user command rate limits; --no-rate-limits "
+        "turns them off (login throttling stays on)")
+    conn_rate: float = flag(500.0, "float", "commands per second per connection")
+    conn_burst: float = flag(1000.0, "float",
+                             "commands a connection may send at once above its rate")
+    user_rate: float = flag(1000.0, "float",
+                            "commands per second per user, over all its connections")
+    user_burst: float = flag(2000.0, "float", "commands a user may send at once above its rate")
+    login_failures: int = flag(
+        10, "int", "failed logins per name within --login-window before logins with that "
+        "name are refused with rate_limited")
+    login_failures_per_address: int = flag(
+        50, "int", "failed logins per client address within --login-window before logins "
+        "from it are refused with rate_limited")
+    login_window: float = flag(60.0, "duration", "the window of --login-failures")
+    max_login_failures_per_conn: int = flag(
+        10, "int", "failed login/auth attempts on one connection before it is closed with 1008")
+    max_connections: int = flag(10_000, "int", "open connections in total (0: no limit)")
+    max_connections_per_address: int = flag(
+        1000, "int", "open connections per client address (0: no limit)")
+    login_timeout: float = flag(
+        30.0, "duration", "close connections that have not logged in after this long (1008)")
 
     # logging
-    log_level: str = "info"
-    log_format: str = "text"
+    log_level: str = flag("info", "choice", "log level",
+                          choices=("debug", "info", "warning", "error"))
+    log_format: str = flag("text", "choice", "log line format", choices=("text", "json"))
 
-    #: event loop: "auto" (uvloop when installed), "uvloop" or "asyncio".
-    loop: str = "auto"
+    loop: str = flag(
+        "auto", "choice", "event loop: uvloop when installed (pip install 'chatd[speed]'), or "
+        "asyncio", choices=("auto", "uvloop", "asyncio"))
 
     #: scrypt cost parameter n (memory = 128 * n * r bytes); tests may lower it.
-    scrypt_n: int = 2**14
+    scrypt_n: int = flag(2**14, "int", "scrypt cost parameter n", hidden=True)
 
     def replace(self, **changes: object) -> Config:
         return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
+
+
+def flags() -> list[tuple[str, Flag]]:
+    """(field name, its flag) for every Config field that is a flag, in order."""
+    out = []
+    for f in dataclasses.fields(Config):
+        if "flag" not in f.metadata:
+            raise TypeError(f"Config.{f.name}: make it with flag() or no_flag()")
+        if f.metadata["flag"] is not None:
+            out.append((f.name, f.metadata["flag"]))
+    return out

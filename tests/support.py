@@ -11,10 +11,7 @@ import asyncio
 import contextlib
 import json
 import os
-import re
 import signal
-import subprocess
-import sys
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -22,21 +19,23 @@ from typing import Any
 import websockets
 from websockets.asyncio.client import ClientConnection
 
+from .daemon_process import ServerProcess, serve_command
+
 UNIT = float(os.environ.get("CHATD_TEST_UNIT", "1.0"))
-LISTEN_RE = re.compile(r"serving on ws://(?P<host>[^\s:]+):(?P<port>\d+)/ws")
 
 
-class Daemon:
-    """``chatd serve`` on an ephemeral port and a sqlite file; restartable on the same file."""
+class Daemon(ServerProcess):
+    """``chatd serve`` on an ephemeral port and a sqlite file; restartable on the same file.
+
+    The async face of :class:`tests.daemon_process.ServerProcess` (``proc``, ``port``
+    and ``log`` come from there): its blocking waits run in a thread, so the event
+    loop goes on while the daemon starts or stops.
+    """
 
     def __init__(self, db: Path, args: Sequence[str] = (), env: dict[str, str] | None = None):
+        super().__init__(env)
         self.db = db
         self.args = list(args)
-        self.env = env or {}
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.port = 0
-        self.log: list[str] = []
-        self._stderr_task: asyncio.Task[None] | None = None
 
     @property
     def url(self) -> str:
@@ -47,66 +46,15 @@ class Daemon:
         return f"http://127.0.0.1:{self.port}"
 
     async def start(self, port: int = 0) -> None:
-        env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.env}
-        cmd = [
-            sys.executable, "-m", "chatd", "serve",
-            "--db", str(self.db), "--port", str(port), *self.args,
-        ]
-        self.proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, env=env)
-        loop = asyncio.get_running_loop()
-        assert self.proc.stderr is not None
-        stderr = self.proc.stderr
-        try:
-            while True:
-                line = await asyncio.wait_for(
-                    loop.run_in_executor(None, stderr.readline), 20 * UNIT
-                )
-                if not line:
-                    raise RuntimeError("chatd exited before listening:\n" + "".join(self.log))
-                text = line.decode(errors="replace")
-                self.log.append(text)
-                m = LISTEN_RE.search(text)
-                if m:
-                    self.port = int(m.group("port"))
-                    break
-        except BaseException:
-            self.proc.kill()
-            self.proc.wait()
-            self.proc = None
-            raise
-        self._stderr_task = asyncio.ensure_future(self._drain_stderr())
-
-    async def _drain_stderr(self) -> None:
-        loop = asyncio.get_running_loop()
-        proc = self.proc
-        assert proc is not None and proc.stderr is not None
-        stderr = proc.stderr
-        while True:
-            line = await loop.run_in_executor(None, stderr.readline)
-            if not line:
-                return
-            self.log.append(line.decode(errors="replace"))
+        self.spawn(serve_command(self.db, port, self.args))
+        await asyncio.to_thread(self.wait_listening, 20 * UNIT)
 
     async def kill(self) -> None:
         """SIGKILL: the crash of PROTOCOL.md guarantee 1."""
-        await self._stop(signal.SIGKILL)
+        await self.terminate(signal.SIGKILL)
 
     async def terminate(self, sig: int = signal.SIGTERM) -> int:
-        return await self._stop(sig)
-
-    async def _stop(self, sig: int) -> int:
-        proc = self.proc
-        if proc is None:
-            return 0
-        if proc.poll() is None:
-            proc.send_signal(sig)
-        loop = asyncio.get_running_loop()
-        rc = await asyncio.wait_for(loop.run_in_executor(None, proc.wait), 30 * UNIT)
-        if self._stderr_task is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._stderr_task, 5 * UNIT)
-        self.proc = None
-        return rc
+        return await asyncio.to_thread(self.stop, sig, 30 * UNIT, 5 * UNIT)
 
     async def restart(self, same_port: bool = True) -> None:
         await self.kill()
