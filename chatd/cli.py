@@ -13,6 +13,7 @@ import logging
 import os
 import sys
 import textwrap
+import urllib.parse
 from collections.abc import Callable, Coroutine, Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -190,6 +191,17 @@ def setup_logging(level: str, fmt: str) -> None:
     logging.getLogger("websockets").setLevel(max(logging.WARNING, root.level))
 
 
+def shown_db(db: str) -> str:
+    """``--db`` for the log: a file as an absolute path, a URL without its password."""
+    if "://" not in db:
+        return os.path.abspath(db)
+    parts = urllib.parse.urlsplit(db)
+    if parts.password is None:
+        return db
+    netloc = parts.netloc.replace(":" + parts.password + "@", ":***@", 1)
+    return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
+
+
 def run_serve(args: argparse.Namespace) -> int:
     config = config_from_args(args)
     setup_logging(config.log_level, config.log_format)
@@ -203,9 +215,9 @@ def run_serve(args: argparse.Namespace) -> int:
         loop = type(asyncio.get_running_loop()).__module__.split(".")[0]
         listen_log.info(
             "serving on ws://%s:%d/ws (web page http://%s:%d/) with db %s (loop: %s)",
-            shown, port, shown, port, os.path.abspath(config.db), loop,
+            shown, port, shown, port, shown_db(config.db), loop,
             extra={"event": "listening", "host": host, "port": port,
-                   "db": os.path.abspath(config.db)},
+                   "db": shown_db(config.db)},
         )
 
     try:

@@ -11,13 +11,11 @@ import contextlib
 import itertools
 import json
 import re
-import sqlite3
 import time
 import urllib.error
 import urllib.request
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -299,43 +297,3 @@ async def healthz_seq(http: str) -> int:
     seq: int = json.loads(body)["seq"]
     return seq
 
-
-def read_db_rows(db: Path) -> list[tuple[str, tuple[Any, ...]]]:
-    """Every row of every table, read-only, in a stable order."""
-    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=30)
-    try:
-        tables = [r[0] for r in conn.execute(
-            "SELECT name FROM sqlite_master WHERE type='table' AND name NOT LIKE 'sqlite_%'")]
-        rows: list[tuple[str, tuple[Any, ...]]] = []
-        for t in tables:
-            rows += [(t, r) for r in conn.execute(f'SELECT * FROM "{t}" ORDER BY 1')]
-        return rows
-    finally:
-        conn.close()
-
-
-async def db_rows(db: Path) -> list[tuple[str, tuple[Any, ...]]]:
-    """Every row of every table of the daemon's sqlite file (read-only, schema-agnostic)."""
-    return await asyncio.to_thread(read_db_rows, db)
-
-
-def _db_pragma(db: Path, pragma: str) -> Any:
-    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=30)
-    try:
-        return conn.execute(f"PRAGMA {pragma}").fetchone()[0]
-    finally:
-        conn.close()
-
-
-async def db_pragma(db: Path, pragma: str) -> Any:
-    return await asyncio.to_thread(_db_pragma, db, pragma)
-
-
-def _read_files_bytes(paths: list[Path]) -> bytes:
-    return b"".join(p.read_bytes() for p in paths if p.exists())
-
-
-async def db_bytes(db: Path) -> bytes:
-    """The raw bytes of the database file and its WAL."""
-    paths = [db, db.with_name(db.name + "-wal"), db.with_name(db.name + "-journal")]
-    return await asyncio.to_thread(_read_files_bytes, paths)

@@ -24,10 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
-import shutil
-import sqlite3
 from collections import Counter
-from pathlib import Path
 from typing import Any
 
 import websockets
@@ -40,30 +37,11 @@ from .helpers import (
     stored_log,
     wait_for,
 )
+from .sqlite_file import integrity_of_copy
 from .support import WS
 
 SENDERS = 32
 ROUNDS = 6
-
-
-def integrity(db: Path, scratch: Path) -> tuple[str, str]:
-    """(integrity_check, epoch) of the file as the crash left it, WAL included.
-
-    It runs on a copy, so that the restarted daemon itself still has to recover
-    the WAL that the kill left behind (opening the original would checkpoint it).
-    """
-    scratch.mkdir()
-    for suffix in ("", "-wal"):
-        src = db.with_name(db.name + suffix)
-        if src.exists():
-            shutil.copyfile(src, scratch / (db.name + suffix))
-    conn = sqlite3.connect(str(scratch / db.name), timeout=30)
-    try:
-        check = "; ".join(str(r[0]) for r in conn.execute("PRAGMA integrity_check"))
-        epoch = conn.execute("SELECT value FROM meta WHERE key = 'epoch'").fetchone()[0]
-        return check, epoch
-    finally:
-        conn.close()
 
 
 async def test_sigkill_at_random_moments_loses_no_acked_send(make_daemon, tmp_path):
@@ -90,7 +68,8 @@ async def test_sigkill_at_random_moments_loses_no_acked_send(make_daemon, tmp_pa
         kills.append((delay, await send_until_killed(d, token, chans, rnd, delay,
                                                      acked, attempted)))
 
-        check, stored_epoch = await asyncio.to_thread(integrity, d.db, tmp_path / f"copy{rnd}")
+        check, stored_epoch = await asyncio.to_thread(
+            integrity_of_copy, d.db, tmp_path / f"copy{rnd}")
         assert check == "ok", f"round {rnd}: integrity_check after SIGKILL: {check}"
         assert stored_epoch == epoch
 
@@ -128,7 +107,7 @@ async def test_sigkill_at_random_moments_loses_no_acked_send(make_daemon, tmp_pa
     assert sum(n for _, n in kills) > 0, "no send was acknowledged before any kill"
     assert "Traceback" not in "".join(d.log), "".join(d.log)[-3000:]
     await d.kill()
-    check, stored_epoch = await asyncio.to_thread(integrity, d.db, tmp_path / "final")
+    check, stored_epoch = await asyncio.to_thread(integrity_of_copy, d.db, tmp_path / "final")
     assert (check, stored_epoch) == ("ok", epoch)
 
 

@@ -224,7 +224,7 @@ async def test_sigint_exits_0(daemon):
 
 
 async def test_wal_mode(daemon):
-    from .helpers import db_pragma
+    from .sqlite_file import db_pragma
 
     async with client(daemon.url, "alice") as ws:
         await ws.ok("create_channel", name="general")

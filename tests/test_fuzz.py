@@ -30,7 +30,6 @@ import base64
 import contextlib
 import json
 import os
-import sqlite3
 import struct
 import threading
 import time
@@ -49,7 +48,8 @@ from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection
 from websockets.sync.client import connect as sync_connect
 
-from .helpers import PASSWORD, all_history, client, http_get, read_db_rows, stored_log
+from .helpers import PASSWORD, all_history, client, http_get, stored_log
+from .sqlite_file import integrity_check, read_db_rows
 from .support import UNIT, WS, Daemon
 
 T = TypeVar("T")
@@ -491,11 +491,7 @@ def test_fuzz_stored_state_is_consistent_afterwards(h):
                     (e["message"]["id"], e["seq"], e["message"]["body"]) for e in sent]
 
     h.run(consistent())
-    conn = sqlite3.connect(f"file:{h.daemon.db}?mode=ro", uri=True, timeout=30)
-    try:
-        assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
-    finally:
-        conn.close()
+    assert integrity_check(h.daemon.db) == "ok"
 
 
 # ------------------------------------------------------------------ part 2: raw sockets

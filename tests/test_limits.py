@@ -20,7 +20,8 @@ import pytest
 import websockets
 from websockets.exceptions import InvalidStatus
 
-from .helpers import PASSWORD, client, close_code, db_rows, wait_for
+from .helpers import PASSWORD, client, close_code, wait_for
+from .sqlite_file import db_rows
 from .support import UNIT, WS
 
 FAST = ("--scrypt-n", "1024")  # real logins, cheap hashing

@@ -16,9 +16,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from .helpers import client, http_get, wait_for
+from .sqlite_file import build_db, query
 from .support import UNIT, WS, Daemon
 
 SECRET = "Corr3ct-Horse-Battery-Staple"
@@ -250,3 +252,35 @@ async def test_log_level_warning_is_quiet(tmp_path: Path) -> None:
     records = [json.loads(line) for line in err.decode().splitlines() if line.strip()]
     # The line that tells where it listens may stay; no other info line does.
     assert all(r["level"] != "info" or r.get("event") == "listening" for r in records), records
+
+
+@pytest.mark.parametrize(("db", "says"), [
+    ("mysql://chatd@localhost/chatd", "unknown database URL scheme"),
+    # a database file newer than this chatd is refused, never rewritten
+    ("NEWER", "newer than this chatd"),
+])
+async def test_a_db_it_cannot_open_is_one_clear_line_and_exit_1(
+    tmp_path: Path, db: str, says: str
+) -> None:
+    if db == "NEWER":
+        path = tmp_path / "newer.db"
+        build_db(path, [
+            ("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)", ()),
+            *[("INSERT INTO meta VALUES (?, ?)", kv)
+              for kv in [("schema_version", "999"), ("epoch", "E1"), ("seq", "0"),
+                         ("horizon", "0")]],
+        ])
+        db = str(path)
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "chatd", "serve", "--db", db, "--port", "0",
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )
+    _, err = await asyncio.wait_for(proc.communicate(), 30 * UNIT)
+    text = err.decode()
+    assert proc.returncode == 1, text
+    assert "cannot serve" in text and says in text, text
+    assert "Traceback" not in text, text
+    if db.endswith("newer.db"):
+        assert query(Path(db), "SELECT value FROM meta WHERE key = 'schema_version'") == [
+            ("999",)]
+        assert query(Path(db), "SELECT count(*) FROM sqlite_master") == [(2,)]

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from .helpers import (
     client,
-    db_bytes,
-    db_rows,
     server_log_guard,  # noqa: F401  (autouse: no traceback in the daemon log)
 )
+from .sqlite_file import db_bytes, db_rows
 from .support import WS
 
 

@@ -25,3 +25,13 @@ def test_postgresql_is_a_clear_startup_error_until_it_exists(db: str) -> None:
 def test_an_unknown_url_is_a_startup_error() -> None:
     with pytest.raises(StartupError, match="unknown database URL scheme"):
         open_store("mysql://localhost/chatd")
+
+
+@pytest.mark.parametrize(("db", "shown"), [
+    ("postgresql://chatd:s3cret@db.example/chatd", "postgresql://chatd:***@db.example/chatd"),
+    ("postgresql://chatd@/chatd?host=/run/pg", "postgresql://chatd@/chatd?host=/run/pg"),
+])
+def test_the_log_never_shows_a_database_password(db: str, shown: str) -> None:
+    from chatd.cli import shown_db
+
+    assert shown_db(db) == shown
