@@ -111,6 +111,9 @@ class Config:
         30.0, "duration", "close a connection with 4000 when its buffer stays full this long")
     #: events per store read when replaying or catching up.
     replay_batch: int = no_flag(1000)
+    #: with a shared database (several nodes), how often the event tail reads the
+    #: events table when no notification woke it: the latency bound of a lost one.
+    tail_poll_interval: float = no_flag(0.5)
 
     # shutdown
     drain_timeout: float = flag(

@@ -7,6 +7,7 @@ metrics, clock); :func:`serve` runs it until a stop is requested, then drains.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import mimetypes
 import signal
@@ -27,7 +28,7 @@ from .config import Config
 from .connection import CLOSE_POLICY, Session
 from .expiry import run_expiry
 from .fanout import Hub
-from .feed import LocalFeed
+from .feed import LocalFeed, TailFeed
 from .limits import Buckets, ConnectionCounter
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .metrics import Metrics
@@ -78,9 +79,19 @@ class App:
             page_size=self.config.replay_batch,
             on_slow_close=self.metrics.slow_closed.inc,
         )
+        self.feed: LocalFeed | TailFeed
+        if self.store.backend.shared:
+            # Other nodes commit too: every node reads the one stream by seq.
+            self.feed = TailFeed(
+                self.store.read_events, self._publish, cursor=0,
+                poll_interval=cfg.tail_poll_interval, page_size=cfg.replay_batch,
+            )
+        else:
+            self.feed = LocalFeed(self._publish)
+        self._listener: asyncio.Task[None] | None = None
         self.writer = Writer(
             self.store,
-            LocalFeed(self._publish),
+            self.feed,
             max_batch=self.config.max_commit_batch,
             clock=self.clock,
             on_batch=self.metrics.batch,
@@ -99,7 +110,27 @@ class App:
         await self.store.open()
         seq, _ = await self.store.position()
         self.hub.last_seq = seq
+        if isinstance(self.feed, TailFeed):
+            self.feed.cursor = seq
+            self.feed.start()
+            self._listener = asyncio.create_task(self.store.backend.listen(self.feed.wake))
         self.writer.start()
+
+    @property
+    def healthy(self) -> bool:
+        """Serving: started, not draining, and the database answers (as far as known)."""
+        database = not isinstance(self.feed, TailFeed) or self.feed.healthy
+        return self.ready and not self.draining and database
+
+    async def stop(self) -> None:
+        """After the writer closed: stop following the stream, close the store."""
+        if self._listener is not None:
+            self._listener.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._listener
+        if isinstance(self.feed, TailFeed):
+            await self.feed.stop()
+        await self.store.close()
 
     async def handle(self, conn: ServerConnection) -> None:
         # The handshake is over; its headers (~4 KiB a connection) are not needed
@@ -149,10 +180,13 @@ class App:
                 return _response(HTTPStatus.SERVICE_UNAVAILABLE, refused.encode() + b"\n")
             return None
         if path == "/healthz":
-            if self.ready and not self.draining:
+            if self.healthy:
                 body = msgspec.json.encode({"status": "ok", "seq": self.hub.last_seq})
                 return _response(HTTPStatus.OK, body, "application/json")
-            status = "draining" if self.draining else "starting"
+            status = (
+                "draining" if self.draining else "starting" if not self.ready
+                else "database unreachable"
+            )
             body = msgspec.json.encode({"status": status, "seq": self.hub.last_seq})
             return _response(HTTPStatus.SERVICE_UNAVAILABLE, body, "application/json")
         if path == "/metrics":
@@ -299,5 +333,5 @@ async def _drain(app: App, server: Server, expiry: asyncio.Task[None]) -> None:
         await asyncio.wait_for(server.wait_closed(), 1.0)
     except TimeoutError:
         log.warning("some connection handlers did not finish in time")
-    await app.store.close()
+    await app.stop()
     log.info("stopped")

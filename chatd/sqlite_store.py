@@ -298,6 +298,9 @@ class _SqliteTx:
 class SqliteBackend:
     """See the module docstring. :mod:`chatd.storage` states the contract."""
 
+    #: one daemon per file: its own commits are the whole stream.
+    shared = False
+
     def __init__(self, path: str, *, readers: int = 3) -> None:
         self.path = path
         self.epoch = ""
@@ -380,6 +383,9 @@ class SqliteBackend:
         if self._w is not None:
             self._w.close()
             self._w = None
+
+    async def listen(self, wake: Callable[[], None]) -> None:
+        return None
 
     # ---------------------------------------------------------------- writes
 

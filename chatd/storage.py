@@ -189,6 +189,17 @@ class Snapshot(Protocol):
 class Backend(Protocol):
     #: the opaque history id made when the database was created.
     epoch: str
+    #: other processes may commit events to this database (several nodes): the
+    #: daemon's fanout must then tail the events table (chatd.feed.TailFeed).
+    shared: bool
+
+    async def listen(self, wake: Callable[[], None]) -> None:
+        """Call ``wake`` whenever another process may have committed events.
+
+        Runs until cancelled and reconnects by itself; a backend that is never
+        shared returns at once. Best effort: the tail also polls.
+        """
+        ...
 
     async def open(self) -> None:
         """Connect, create or migrate the schema, read the epoch."""
