@@ -44,7 +44,25 @@ from ..exceptions import (
     ResumeGap,
     Unauthorized,
     Unavailable,
-    error_from_code,
+)
+from ._replies import (
+    AUTH,
+    BOOT,
+    CREATE_CHANNEL,
+    DELETE_CHANNEL,
+    DELETE_MESSAGE,
+    EVENT_FRAMES,
+    HISTORY,
+    LOGIN,
+    LOGOUT,
+    PING,
+    SEND,
+    SUBSCRIBE,
+    UNSUBSCRIBE,
+    BadEvent,
+    Op,
+    read_frame,
+    reply,
 )
 
 __all__ = [
@@ -71,6 +89,7 @@ MAX_REPLY_BYTES = 64 * 2**20
 # only loop.
 _NO_RESEND_CODES = frozenset({1008, 1009})
 
+C = TypeVar("C", bound=wire.Command)
 T = TypeVar("T", bound=wire.Ok)
 
 
@@ -167,9 +186,8 @@ class Reset:
 
 @dataclass(eq=False)
 class _Pending:
-    op: str
+    op: Op[Any, Any]
     build: Callable[[], wire.Command]
-    reply_type: type[wire.Ok]
     future: asyncio.Future[Any]
     # Safe to write again when the connection dropped before the reply.
     idempotent: bool
@@ -230,21 +248,6 @@ def _describe(exc: BaseException | None) -> str:
         return f"{exc.code}: {exc.message}"
     text = str(exc) or type(exc).__name__
     return text
-
-
-def _decode_error(raw: str | bytes) -> ChatdError:
-    try:
-        err = msgspec.json.decode(raw, type=wire.Error)
-    except msgspec.ValidationError as exc:
-        return ClientError(f"malformed error frame from server ({exc}): {raw!r:.200}")
-    return error_from_code(
-        err.code,
-        err.message,
-        limit=err.limit,
-        retry_after=err.retry_after,
-        horizon=err.horizon,
-        epoch=err.epoch,
-    )
 
 
 # ------------------------------------------------------------------ the client
@@ -383,18 +386,18 @@ class Client:
     # ---------------------------------------------------------------- commands
 
     async def boot(self) -> wire.BootOk:
-        return await self._call("boot", wire.Boot, wire.BootOk, idempotent=True)
+        return await self._call(BOOT, wire.Boot, idempotent=True)
 
     async def ping(self) -> wire.Ok:
-        return await self._call("ping", wire.Ping, wire.Ok, idempotent=True)
+        return await self._call(PING, wire.Ping, idempotent=True)
 
     async def create_channel(self, name: str) -> wire.ChannelOk:
         cmd = wire.CreateChannel(name=name)
-        return await self._call("create_channel", lambda: cmd, wire.ChannelOk, idempotent=False)
+        return await self._call(CREATE_CHANNEL, lambda: cmd, idempotent=False)
 
     async def delete_channel(self, channel_id: str) -> wire.ChannelOk:
         cmd = wire.DeleteChannel(channel=channel_id)
-        return await self._call("delete_channel", lambda: cmd, wire.ChannelOk, idempotent=False)
+        return await self._call(DELETE_CHANNEL, lambda: cmd, idempotent=False)
 
     async def send(self, channel_id: str, body: str, *, nonce: str | None = None) -> wire.SendOk:
         """Post ``body``; stores it exactly once even when connections drop meanwhile.
@@ -403,23 +406,21 @@ class Client:
         own to retry safely after a ``CommandTimeout`` or ``ConnectionLost``.
         """
         cmd = wire.Send(channel=channel_id, body=body, nonce=nonce or new_nonce())
-        return await self._call("send", lambda: cmd, wire.SendOk, idempotent=True)
+        return await self._call(SEND, lambda: cmd, idempotent=True)
 
     async def delete_message(self, message_id: str) -> wire.DeleteMessageOk:
         cmd = wire.DeleteMessage(message=message_id)
-        return await self._call(
-            "delete_message", lambda: cmd, wire.DeleteMessageOk, idempotent=False
-        )
+        return await self._call(DELETE_MESSAGE, lambda: cmd, idempotent=False)
 
     async def history(
         self, channel_id: str, before: int | None = None, limit: int = 100
     ) -> wire.HistoryOk:
         cmd = wire.History(channel=channel_id, before=before, limit=limit)
-        return await self._call("history", lambda: cmd, wire.HistoryOk, idempotent=True)
+        return await self._call(HISTORY, lambda: cmd, idempotent=True)
 
     async def logout(self) -> wire.Ok:
         """End this client's token on the server, then close the client."""
-        ok = await self._call("logout", wire.Logout, wire.Ok, idempotent=False)
+        ok = await self._call(LOGOUT, wire.Logout, idempotent=False)
         self._token = None
         await self.close()
         return ok
@@ -507,11 +508,7 @@ class Client:
             # Built when written, not now: a subscribe repeated after a reconnect
             # must start from the position reached by then.
             return self._call(
-                "subscribe",
-                lambda: sub.pos.subscribe(sub.channels),
-                wire.SubscribeOk,
-                idempotent=True,
-                on_ok=on_ok,
+                SUBSCRIBE, lambda: sub.pos.subscribe(sub.channels), idempotent=True, on_ok=on_ok
             )
 
         try:
@@ -522,7 +519,7 @@ class Client:
 
     async def _unsubscribe(self) -> None:
         with contextlib.suppress(ChatdError):
-            await self._call("unsubscribe", wire.Unsubscribe, wire.Ok, idempotent=True)
+            await self._call(UNSUBSCRIBE, wire.Unsubscribe, idempotent=True)
 
     # ---------------------------------------------------------------- command plumbing
 
@@ -534,16 +531,15 @@ class Client:
 
     async def _call(
         self,
-        op: str,
-        build: Callable[[], wire.Command],
-        reply_type: type[T],
+        op: Op[C, T],
+        build: Callable[[], C],
         *,
         idempotent: bool,
         on_ok: Callable[[T], None] | None = None,
     ) -> T:
         self._check_open()
         future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
-        entry = _Pending(op, build, reply_type, future, idempotent, on_ok)
+        entry = _Pending(op, build, future, idempotent, on_ok)
         self._entries.add(entry)
         future.add_done_callback(lambda _: self._entries.discard(entry))
         try:
@@ -552,7 +548,7 @@ class Client:
                 return await future
         except TimeoutError:
             raise CommandTimeout(
-                f"no reply to {op} within {self._timeout:g} s"
+                f"no reply to {op.name} within {self._timeout:g} s"
                 + (f" (last error: {_describe(entry.last_error)})" if entry.last_error else "")
             ) from entry.last_error
         finally:
@@ -654,7 +650,7 @@ class Client:
     async def _handshake(self, conn: ClientConnection) -> None:
         if self._token is not None:
             try:
-                auth = await self._direct(conn, wire.Auth(token=self._token), wire.AuthOk)
+                auth = await self._direct(conn, wire.Auth(token=self._token), AUTH)
                 self.user = auth.user
             except Unauthorized:
                 if self._password is None:
@@ -664,14 +660,14 @@ class Client:
         if self._token is None:
             assert self._name is not None and self._password is not None
             login = await self._direct(
-                conn, wire.Login(name=self._name, password=self._password), wire.LoginOk
+                conn, wire.Login(name=self._name, password=self._password), LOGIN
             )
             self._token = login.token
             self.user = login.user
         sub = self._sub
         if sub is not None and sub.live:
             try:
-                ok = await self._direct(conn, sub.pos.subscribe(sub.channels), wire.SubscribeOk)
+                ok = await self._direct(conn, sub.pos.subscribe(sub.channels), SUBSCRIBE)
             except ResumeGap as gap:
                 sub.live = False
                 sub.queue.put_nowait(_Gap(gap))
@@ -679,7 +675,7 @@ class Client:
                 sub.pos.subscribed(ok)
                 sub.active = True
 
-    async def _direct(self, conn: ClientConnection, cmd: wire.Command, reply_type: type[T]) -> T:
+    async def _direct(self, conn: ClientConnection, cmd: C, op: Op[C, T]) -> T:
         """One command during the handshake, before the reader runs: nothing else
         is in flight and no subscription is active, so the next reply is ours."""
         ref = next(self._refs)
@@ -688,16 +684,16 @@ class Client:
             while True:
                 raw = await conn.recv()
                 try:
-                    head = msgspec.json.decode(raw, type=wire.Head)
-                    if head.type == "event" or head.ref != ref:
-                        log.warning("unexpected frame during login: %r", raw[:200])
-                        continue
-                    if head.type == "error":
-                        raise _decode_error(raw)
-                    return msgspec.json.decode(raw, type=reply_type)
+                    frame = read_frame(raw)
                 except msgspec.MsgspecError as exc:
-                    op = type(cmd).__name__
-                    raise ClientError(f"malformed reply to {op}: {exc}") from exc
+                    raise ClientError(f"malformed reply to {op.name}: {exc}") from exc
+                if isinstance(frame, EVENT_FRAMES) or frame.ref != ref:
+                    log.warning("unexpected frame during login: %r", raw[:200])
+                    continue
+                result = reply(op, frame, raw)
+                if isinstance(result, ChatdError):
+                    raise result
+                return result
 
     async def _session(self, conn: ClientConnection) -> None:
         self._conn = conn
@@ -757,54 +753,45 @@ class Client:
 
     def _dispatch(self, raw: str | bytes) -> None:
         try:
-            head = msgspec.json.decode(raw, type=wire.Head)
+            frame = read_frame(raw)
         except msgspec.MsgspecError:
             log.error("undecodable frame from server: %r", raw[:200])
             return
-        if head.type == "event":
-            self._on_event(raw)
+        if isinstance(frame, EVENT_FRAMES):
+            self._on_event(frame, raw)
             return
         # bool is an int subclass: a "ref": true must not match ref 1.
-        entry = self._inflight.pop(head.ref, None) if type(head.ref) is int else None
+        entry = self._inflight.pop(frame.ref, None) if type(frame.ref) is int else None
         if entry is None:
             log.warning("server frame with no matching command: %r", raw[:200])
             return
-        if head.type == "ok":
-            try:
-                reply = msgspec.json.decode(raw, type=entry.reply_type)
-            except msgspec.MsgspecError as exc:
-                error: BaseException = ClientError(f"malformed reply to {entry.op}: {exc}")
-            else:
-                if entry.on_ok is not None:
-                    entry.on_ok(reply)
-                if not entry.future.done():
-                    entry.future.set_result(reply)
-                return
-        elif head.type == "error":
-            error = _decode_error(raw)
-            if isinstance(error, Unavailable) and entry.idempotent:
-                self._retry_later(entry, error)
-                return
-        else:
-            error = ClientError(f"unknown frame type {head.type!r} in reply to {entry.op}")
+        result = reply(entry.op, frame, raw)
+        if isinstance(result, ChatdError):
+            if isinstance(result, Unavailable) and entry.idempotent:
+                self._retry_later(entry, result)
+            elif not entry.future.done():
+                entry.future.set_exception(result)
+            return
+        if entry.on_ok is not None:
+            entry.on_ok(result)
         if not entry.future.done():
-            entry.future.set_exception(error)
+            entry.future.set_result(result)
 
-    def _on_event(self, raw: str | bytes) -> None:
+    def _on_event(self, frame: wire.Event | BadEvent, raw: str | bytes) -> None:
         sub = self._sub
         if sub is None or not sub.active:
             return
-        try:
-            event = msgspec.json.decode(raw, type=wire.Event)
-        except msgspec.MsgspecError as exc:
+        if isinstance(frame, BadEvent):
             # Skipping it would break "every event"; end the stream loudly instead.
-            log.error("malformed event from server (%s): %r", exc, raw[:200])
+            log.error("malformed event from server (%s): %r", frame.error, raw[:200])
             sub.live = sub.active = False
-            sub.queue.put_nowait(_Stop(ClientError(f"undecodable event from server: {exc}")))
+            sub.queue.put_nowait(
+                _Stop(ClientError(f"undecodable event from server: {frame.error}"))
+            )
             return
-        if not sub.pos.accept(event):
+        if not sub.pos.accept(frame):
             return
-        sub.queue.put_nowait(event)
+        sub.queue.put_nowait(frame)
         if sub.queue.qsize() >= sub.max_queued:
             # Stop taking events until the consumer has caught up; it then
             # resubscribes from the last queued seq, replacing this subscription.
