@@ -4,11 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import logging
 import random
-import secrets
-from collections import deque
 from collections.abc import (
     AsyncGenerator,
     Awaitable,
@@ -64,6 +61,7 @@ from ._replies import (
     read_frame,
     reply,
 )
+from ._resend import Outbox, Pending, new_nonce
 
 __all__ = [
     "DEFAULT_URL",
@@ -83,11 +81,6 @@ DEFAULT_URL = "ws://127.0.0.1:8765/ws"
 #: Largest frame accepted from the server. A full ``history`` page (500 bodies of
 #: 4,096 characters, each up to 6 bytes once JSON-escaped) is about 13 MB.
 MAX_REPLY_BYTES = 64 * 2**20
-
-# Close codes after which the frames in flight are not written again: the server
-# refused one of them (too big, or a policy violation), and repeating it would
-# only loop.
-_NO_RESEND_CODES = frozenset({1008, 1009})
 
 C = TypeVar("C", bound=wire.Command)
 T = TypeVar("T", bound=wire.Ok)
@@ -120,11 +113,6 @@ def backoff(
         # after a long enough outage.
         ceiling = min(cap, ceiling * factor)
         n += 1
-
-
-def new_nonce() -> str:
-    """A random ``send`` nonce: 144 bits, 24 URL-safe characters (the limit is 64)."""
-    return secrets.token_urlsafe(18)
 
 
 @dataclass
@@ -182,18 +170,6 @@ class Reset:
 
 
 # ------------------------------------------------------------------ internals
-
-
-@dataclass(eq=False)
-class _Pending:
-    op: Op[Any, Any]
-    build: Callable[[], wire.Command]
-    future: asyncio.Future[Any]
-    # Safe to write again when the connection dropped before the reply.
-    idempotent: bool
-    on_ok: Callable[[Any], None] | None = None
-    retries: int = 0
-    last_error: BaseException | None = None
 
 
 @dataclass(frozen=True)
@@ -303,10 +279,7 @@ class Client:
             **connect_options,
         }
 
-        self._refs = itertools.count(1)
-        self._entries: set[_Pending] = set()  # every command not answered yet
-        self._queue: deque[_Pending] = deque()  # waiting for a connection
-        self._inflight: dict[int, _Pending] = {}  # written on the current connection
+        self._outbox = Outbox()
         self._conn: ClientConnection | None = None
         self._ready = False  # logged in, resubscribed and flushed: commands go out directly
         self._closed = False
@@ -386,18 +359,18 @@ class Client:
     # ---------------------------------------------------------------- commands
 
     async def boot(self) -> wire.BootOk:
-        return await self._call(BOOT, wire.Boot, idempotent=True)
+        return await self._call(BOOT, wire.Boot)
 
     async def ping(self) -> wire.Ok:
-        return await self._call(PING, wire.Ping, idempotent=True)
+        return await self._call(PING, wire.Ping)
 
     async def create_channel(self, name: str) -> wire.ChannelOk:
         cmd = wire.CreateChannel(name=name)
-        return await self._call(CREATE_CHANNEL, lambda: cmd, idempotent=False)
+        return await self._call(CREATE_CHANNEL, lambda: cmd)
 
     async def delete_channel(self, channel_id: str) -> wire.ChannelOk:
         cmd = wire.DeleteChannel(channel=channel_id)
-        return await self._call(DELETE_CHANNEL, lambda: cmd, idempotent=False)
+        return await self._call(DELETE_CHANNEL, lambda: cmd)
 
     async def send(self, channel_id: str, body: str, *, nonce: str | None = None) -> wire.SendOk:
         """Post ``body``; stores it exactly once even when connections drop meanwhile.
@@ -406,21 +379,21 @@ class Client:
         own to retry safely after a ``CommandTimeout`` or ``ConnectionLost``.
         """
         cmd = wire.Send(channel=channel_id, body=body, nonce=nonce or new_nonce())
-        return await self._call(SEND, lambda: cmd, idempotent=True)
+        return await self._call(SEND, lambda: cmd)
 
     async def delete_message(self, message_id: str) -> wire.DeleteMessageOk:
         cmd = wire.DeleteMessage(message=message_id)
-        return await self._call(DELETE_MESSAGE, lambda: cmd, idempotent=False)
+        return await self._call(DELETE_MESSAGE, lambda: cmd)
 
     async def history(
         self, channel_id: str, before: int | None = None, limit: int = 100
     ) -> wire.HistoryOk:
         cmd = wire.History(channel=channel_id, before=before, limit=limit)
-        return await self._call(HISTORY, lambda: cmd, idempotent=True)
+        return await self._call(HISTORY, lambda: cmd)
 
     async def logout(self) -> wire.Ok:
         """End this client's token on the server, then close the client."""
-        ok = await self._call(LOGOUT, wire.Logout, idempotent=False)
+        ok = await self._call(LOGOUT, wire.Logout)
         self._token = None
         await self.close()
         return ok
@@ -508,7 +481,7 @@ class Client:
             # Built when written, not now: a subscribe repeated after a reconnect
             # must start from the position reached by then.
             return self._call(
-                SUBSCRIBE, lambda: sub.pos.subscribe(sub.channels), idempotent=True, on_ok=on_ok
+                SUBSCRIBE, lambda: sub.pos.subscribe(sub.channels), on_ok=on_ok
             )
 
         try:
@@ -519,7 +492,7 @@ class Client:
 
     async def _unsubscribe(self) -> None:
         with contextlib.suppress(ChatdError):
-            await self._call(UNSUBSCRIBE, wire.Unsubscribe, idempotent=True)
+            await self._call(UNSUBSCRIBE, wire.Unsubscribe)
 
     # ---------------------------------------------------------------- command plumbing
 
@@ -534,14 +507,12 @@ class Client:
         op: Op[C, T],
         build: Callable[[], C],
         *,
-        idempotent: bool,
         on_ok: Callable[[T], None] | None = None,
     ) -> T:
         self._check_open()
         future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
-        entry = _Pending(op, build, future, idempotent, on_ok)
-        self._entries.add(entry)
-        future.add_done_callback(lambda _: self._entries.discard(entry))
+        entry = Pending(op, build, future, on_ok)
+        self._outbox.track(entry)
         try:
             async with asyncio.timeout(self._timeout):
                 await self._submit(entry)
@@ -554,31 +525,29 @@ class Client:
         finally:
             future.cancel()  # a no-op when answered; marks it abandoned otherwise
 
-    async def _submit(self, entry: _Pending) -> None:
+    async def _submit(self, entry: Pending) -> None:
         if entry.future.done():
             return
         conn = self._conn
         if self._ready and conn is not None:
             await self._write(conn, entry)
         else:
-            self._queue.append(entry)
+            self._outbox.wait(entry)
 
-    async def _write(self, conn: ClientConnection, entry: _Pending) -> bool:
+    async def _write(self, conn: ClientConnection, entry: Pending) -> bool:
         """Write one command; False if the connection is gone (the drop handler
         then deals with the entry, which is registered before the write)."""
-        ref = next(self._refs)
+        ref = self._outbox.next_ref()
         cmd = msgspec.structs.replace(entry.build(), ref=ref)
-        self._inflight[ref] = entry
+        self._outbox.written(ref, entry)
         try:
             await conn.send(wire.encode(cmd), text=True)
         except ConnectionClosed:
             return False
         return True
 
-    def _retry_later(self, entry: _Pending, error: Unavailable) -> None:
-        entry.retries += 1
-        entry.last_error = error
-        delay = random.random() * min(2.0, 0.05 * 2 ** min(entry.retries, 6))
+    def _retry_later(self, entry: Pending, error: Unavailable) -> None:
+        delay = entry.retry_delay(error)
         loop = asyncio.get_running_loop()
         loop.call_later(delay, lambda: self._spawn(self._submit(entry)))
 
@@ -678,7 +647,7 @@ class Client:
     async def _direct(self, conn: ClientConnection, cmd: C, op: Op[C, T]) -> T:
         """One command during the handshake, before the reader runs: nothing else
         is in flight and no subscription is active, so the next reply is ours."""
-        ref = next(self._refs)
+        ref = self._outbox.next_ref()
         await conn.send(wire.encode(msgspec.structs.replace(cmd, ref=ref)), text=True)
         async with asyncio.timeout(self._connect_timeout):
             while True:
@@ -701,12 +670,13 @@ class Client:
         try:
             # Waiting commands go out in their original order before new ones
             # may bypass the queue.
-            while self._queue and not reader.done():
-                entry = self._queue.popleft()
-                if not entry.future.done() and not await self._write(conn, entry):
+            while not reader.done():
+                entry = self._outbox.next_waiting()
+                if entry is None:
+                    self._ready = True
                     break
-            else:
-                self._ready = not reader.done()
+                if not await self._write(conn, entry):
+                    break
             if self._first is not None and not self._first.done():
                 self._first.set_result(None)
             await reader
@@ -730,26 +700,10 @@ class Client:
             self._conn = None
         if self._sub is not None:
             self._sub.active = False
-        inflight, self._inflight = self._inflight, {}
-        if self._closed:
-            return
-        code = conn.close_code
-        reason = f" {conn.close_reason}" if conn.close_reason else ""
-        log.info("connection to %s closed (code %s%s)", self.url, code, reason)
-        again: list[_Pending] = []
-        for entry in inflight.values():
-            if entry.future.done():
-                continue
-            if entry.idempotent and code not in _NO_RESEND_CODES:
-                again.append(entry)
-            else:
-                entry.future.set_exception(
-                    ConnectionLost(
-                        f"connection closed (code {code}) before the reply to {entry.op}; "
-                        "it may or may not have taken effect"
-                    )
-                )
-        self._queue.extendleft(reversed(again))
+        if not self._closed:
+            reason = f" {conn.close_reason}" if conn.close_reason else ""
+            log.info("connection to %s closed (code %s%s)", self.url, conn.close_code, reason)
+        self._outbox.dropped(conn.close_code)
 
     def _dispatch(self, raw: str | bytes) -> None:
         try:
@@ -760,8 +714,7 @@ class Client:
         if isinstance(frame, EVENT_FRAMES):
             self._on_event(frame, raw)
             return
-        # bool is an int subclass: a "ref": true must not match ref 1.
-        entry = self._inflight.pop(frame.ref, None) if type(frame.ref) is int else None
+        entry = self._outbox.answered(frame.ref)
         if entry is None:
             log.warning("server frame with no matching command: %r", raw[:200])
             return
@@ -803,11 +756,7 @@ class Client:
         self._closed = True
         self._ready = False
         self._fatal_error = fatal
-        for entry in list(self._entries):
-            if not entry.future.done():
-                entry.future.set_exception(fatal or ClientClosed("the client was closed"))
-        self._entries.clear()
-        self._queue.clear()
+        self._outbox.fail_all(lambda: fatal or ClientClosed("the client was closed"))
         if self._sub is not None:
             self._sub.live = self._sub.active = False
             self._sub.queue.put_nowait(_Stop(fatal or ClientClosed("the client was closed")))
