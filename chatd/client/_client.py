@@ -5,27 +5,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
-from collections.abc import (
-    AsyncGenerator,
-    Awaitable,
-    Callable,
-    Coroutine,
-    Iterable,
-    Iterator,
-    Sequence,
-)
+from collections.abc import AsyncGenerator, Awaitable, Callable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
 
 import msgspec
-from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import (
-    ConnectionClosed,
-    InvalidHandshake,
-    InvalidStatus,
-    InvalidURI,
-)
+from websockets.asyncio.client import ClientConnection
+from websockets.exceptions import ConnectionClosed
 
 from .. import wire
 from ..exceptions import (
@@ -34,14 +20,11 @@ from ..exceptions import (
     ClientError,
     CommandTimeout,
     ConnectFailed,
-    ConnectionLost,
-    InternalError,
-    ProtocolError,
-    RateLimited,
     ResumeGap,
     Unauthorized,
     Unavailable,
 )
+from ._reconnect import Reconnector, backoff, close_quietly, describe
 from ._replies import (
     AUTH,
     BOOT,
@@ -63,16 +46,6 @@ from ._replies import (
 )
 from ._resend import Outbox, Pending, new_nonce
 
-__all__ = [
-    "DEFAULT_URL",
-    "Client",
-    "ConnectionLost",
-    "Reset",
-    "StreamPosition",
-    "backoff",
-    "new_nonce",
-]
-
 # One logger for the whole client package: the name applications and clientcli configure.
 log = logging.getLogger("chatd.client")
 
@@ -87,32 +60,6 @@ T = TypeVar("T", bound=wire.Ok)
 
 
 # ------------------------------------------------------------------ pure pieces
-
-
-def backoff(
-    first: float = 0.1,
-    cap: float = 10.0,
-    factor: float = 2.0,
-    attempts: int | None = None,
-    *,
-    rng: Callable[[], float] = random.random,
-) -> Iterator[float]:
-    """Reconnect delays: exponential backoff with full jitter.
-
-    The n-th delay is uniform in ``[0, min(cap, first * factor**n)]``. Full jitter
-    spreads the clients that a restarting server dropped all at once, at the
-    price of sometimes retrying sooner than the plain exponential schedule.
-    ``attempts=None`` retries for ever; a finite number makes the client give up
-    with :class:`~chatd.exceptions.ConnectFailed`.
-    """
-    ceiling = min(cap, first)
-    n = 0
-    while attempts is None or n < attempts:
-        yield rng() * ceiling
-        # Grown step by step rather than as factor**n, which overflows a float
-        # after a long enough outage.
-        ceiling = min(cap, ceiling * factor)
-        n += 1
 
 
 @dataclass
@@ -203,29 +150,6 @@ class _Subscription:
     active: bool = False
 
 
-def _retryable(exc: BaseException) -> bool:
-    """Whether a failure to connect or log in may go away by trying again."""
-    if isinstance(exc, InvalidURI):
-        return False
-    if isinstance(exc, InvalidStatus):
-        status = exc.response.status_code
-        return status >= 500 or status == 429
-    if isinstance(exc, Unavailable | RateLimited | InternalError):
-        return True
-    if isinstance(exc, ProtocolError | ClientError):
-        return isinstance(exc, ConnectionLost)
-    return isinstance(exc, OSError | TimeoutError | ConnectionClosed | InvalidHandshake)
-
-
-def _describe(exc: BaseException | None) -> str:
-    if exc is None:
-        return "no attempt finished"
-    if isinstance(exc, ProtocolError):
-        return f"{exc.code}: {exc.message}"
-    text = str(exc) or type(exc).__name__
-    return text
-
-
 # ------------------------------------------------------------------ the client
 
 
@@ -270,22 +194,20 @@ class Client:
         self.user: wire.User | None = None
         self._timeout = timeout
         self._connect_timeout = timeout if connect_timeout is None else connect_timeout
-        self._delays = reconnect_delays
         self._max_queued = max(1, max_queued_events)
-        self._connect_options: dict[str, Any] = {
+        options = {
             "open_timeout": self._connect_timeout,
             "close_timeout": min(timeout, 2.0),
             "max_size": MAX_REPLY_BYTES,
             **connect_options,
         }
+        self._reconnector = Reconnector(url, reconnect_delays, options)
 
         self._outbox = Outbox()
         self._conn: ClientConnection | None = None
         self._ready = False  # logged in, resubscribed and flushed: commands go out directly
         self._closed = False
         self._fatal_error: BaseException | None = None
-        self._last_error: BaseException | None = None
-        self._ever_connected = False
         self._sub: _Subscription | None = None
         self._task: asyncio.Task[None] | None = None
         self._first: asyncio.Future[None] | None = None
@@ -316,11 +238,11 @@ class Client:
         try:
             await asyncio.wait_for(asyncio.shield(self._first), self._connect_timeout)
         except TimeoutError:
-            error = self._last_error
+            error = self._reconnector.last_error
             await self.close()
             raise ConnectFailed(
                 f"cannot connect to {self.url} within {self._connect_timeout:g} s: "
-                f"{_describe(error)}"
+                f"{describe(error)}"
             ) from error
         except BaseException:
             await self.close()
@@ -339,7 +261,7 @@ class Client:
             t.cancel()
         conn, self._conn = self._conn, None
         if conn is not None:
-            await _close_quietly(conn)
+            await close_quietly(conn)
 
     @property
     def token(self) -> str | None:
@@ -520,7 +442,7 @@ class Client:
         except TimeoutError:
             raise CommandTimeout(
                 f"no reply to {op.name} within {self._timeout:g} s"
-                + (f" (last error: {_describe(entry.last_error)})" if entry.last_error else "")
+                + (f" (last error: {describe(entry.last_error)})" if entry.last_error else "")
             ) from entry.last_error
         finally:
             future.cancel()  # a no-op when answered; marks it abandoned otherwise
@@ -560,61 +482,12 @@ class Client:
     # ---------------------------------------------------------------- connection task
 
     async def _run(self) -> None:
-        delays = iter(self._delays())
-        first = True
         try:
-            while not self._closed:
-                if not first:
-                    try:
-                        delay = next(delays)
-                    except StopIteration:
-                        what = "reconnecting to" if self._ever_connected else "connecting to"
-                        self._fatal(
-                            ConnectFailed(
-                                f"gave up {what} {self.url}: {_describe(self._last_error)}"
-                            )
-                        )
-                        return
-                    err = self._last_error
-                    if isinstance(err, RateLimited) and err.retry_after:
-                        delay = max(delay, err.retry_after)
-                    await asyncio.sleep(delay)
-                first = False
-                conn = await self._establish()
-                if conn is None:
-                    continue
-                delays = iter(self._delays())
-                if self._ever_connected:
-                    log.info("reconnected to %s", self.url)
-                self._ever_connected = True
-                await self._session(conn)
+            error = await self._reconnector.run(self._handshake, self._session)
         except Exception as exc:  # a bug here must not leave callers hanging
             log.exception("chatd client task failed")
-            self._fatal(ClientError(f"client task failed: {exc!r}"))
-
-    async def _establish(self) -> ClientConnection | None:
-        """Connect, log in and resubscribe; None when it failed (fatal or not)."""
-        try:
-            conn = await connect(self.url, **self._connect_options)
-        except Exception as exc:
-            self._failed(exc, ConnectFailed(f"cannot connect to {self.url}: {exc}"))
-            return None
-        try:
-            await self._handshake(conn)
-        except Exception as exc:
-            await _close_quietly(conn)
-            self._failed(exc, exc)
-            return None
-        return conn
-
-    def _failed(self, exc: Exception, fatal: Exception) -> None:
-        if _retryable(exc):
-            log.debug("connecting to %s failed: %s", self.url, _describe(exc))
-            self._last_error = exc
-        else:
-            if fatal is not exc:
-                fatal.__cause__ = exc
-            self._fatal(fatal)
+            error = ClientError(f"client task failed: {exc!r}")
+        self._fatal(error)
 
     async def _handshake(self, conn: ClientConnection) -> None:
         if self._token is not None:
@@ -683,7 +556,7 @@ class Client:
         finally:
             reader.cancel()
             self._dropped(conn)
-            await _close_quietly(conn)
+            await close_quietly(conn)
 
     async def _read(self, conn: ClientConnection) -> None:
         try:
@@ -764,10 +637,6 @@ class Client:
             self._first.set_exception(fatal or ClientClosed("the client was closed"))
 
     def _fatal(self, error: BaseException) -> None:
-        log.error("chatd client for %s stopped: %s", self.url, _describe(error))
+        log.error("chatd client for %s stopped: %s", self.url, describe(error))
         self._stop(error)
 
-
-async def _close_quietly(conn: ClientConnection) -> None:
-    with contextlib.suppress(Exception):
-        await conn.close()
