@@ -38,10 +38,11 @@ Every command waits at most ``timeout`` seconds in total, reconnects included.
 from __future__ import annotations
 
 from ..exceptions import ConnectionLost
-from ._client import DEFAULT_URL, Client, Reset, StreamPosition
+from ._client import DEFAULT_URL, Client
 from ._client import MAX_REPLY_BYTES as MAX_REPLY_BYTES  # importable, as before; not in __all__
 from ._reconnect import backoff
 from ._resend import new_nonce
+from ._stream import Reset, StreamPosition
 
 __all__ = [
     "DEFAULT_URL",

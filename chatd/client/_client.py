@@ -1,4 +1,12 @@
-"""The :class:`Client` class: one connection task, commands matched to replies by ``ref``."""
+"""The :class:`Client`: one background task owns the connection; commands are
+matched to their replies by ``ref``.
+
+The parts live beside it: :mod:`._reconnect` runs the connect-and-retry loop,
+:mod:`._resend` holds the commands not answered yet and decides what a drop does
+to them, :mod:`._replies` types the frames, :mod:`._stream` feeds ``events()``.
+What stays here is the state that must change in one synchronous step when a
+connection drops or the client stops, so that nothing is written in between.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +14,6 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncGenerator, Awaitable, Callable, Coroutine, Iterable, Sequence
-from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
 
 import msgspec
@@ -39,12 +46,12 @@ from ._replies import (
     SEND,
     SUBSCRIBE,
     UNSUBSCRIBE,
-    BadEvent,
     Op,
     read_frame,
     reply,
 )
 from ._resend import Outbox, Pending, new_nonce
+from ._stream import Reset, StreamPosition, Subscription, patiently
 
 # One logger for the whole client package: the name applications and clientcli configure.
 log = logging.getLogger("chatd.client")
@@ -58,99 +65,6 @@ MAX_REPLY_BYTES = 64 * 2**20
 C = TypeVar("C", bound=wire.Command)
 T = TypeVar("T", bound=wire.Ok)
 
-
-# ------------------------------------------------------------------ pure pieces
-
-
-@dataclass
-class StreamPosition:
-    """Where an event stream stands: the epoch and the seq of the last event accepted.
-
-    ``seq is None`` means "from whatever is current when the subscription starts".
-    """
-
-    epoch: str | None = None
-    seq: int | None = None
-    duplicates: int = 0
-
-    def subscribe(self, channels: Sequence[str] | None = None) -> wire.Subscribe:
-        """The command that continues the stream from here."""
-        return wire.Subscribe(
-            since=self.seq, epoch=self.epoch, channels=list(channels) if channels else None
-        )
-
-    def subscribed(self, ok: wire.SubscribeOk) -> None:
-        if self.seq is None:
-            self.seq = ok.resume_point
-        self.epoch = ok.epoch
-
-    def accept(self, event: wire.Event) -> bool:
-        """True if ``event`` is new; an event at or before the position is a repeat.
-
-        Repeats are expected, not a server fault: when a subscription is replaced
-        on the same connection, or written twice across a reconnect, the newer one
-        replays what the older one already delivered.
-        """
-        if self.seq is not None and event.seq <= self.seq:
-            self.duplicates += 1
-            return False
-        self.seq = event.seq
-        return True
-
-    def reset(self, boot: wire.BootOk) -> None:
-        # Unconditional: a new epoch restarts the seq space, so the new resume
-        # point may be lower than the old position.
-        self.epoch = boot.epoch
-        self.seq = boot.resume_point
-
-
-@dataclass(frozen=True)
-class Reset:
-    """Yielded by :meth:`Client.events` when the server no longer has the events
-    after our position (``resume_gap``): events were lost to expiry, or the
-    database was replaced. ``boot`` is a fresh snapshot; the stream continues with
-    the events after ``boot.resume_point``. Rebuild any state derived from events.
-    """
-
-    boot: wire.BootOk
-    gap: ResumeGap
-
-
-# ------------------------------------------------------------------ internals
-
-
-@dataclass(frozen=True)
-class _Gap:
-    error: ResumeGap
-
-
-@dataclass(frozen=True)
-class _Stop:
-    error: BaseException
-
-
-class _Overflow:
-    pass
-
-
-_OVERFLOW = _Overflow()
-_Item = wire.Event | _Gap | _Stop | _Overflow
-
-
-@dataclass(eq=False)
-class _Subscription:
-    pos: StreamPosition
-    channels: list[str] | None
-    max_queued: int
-    queue: asyncio.Queue[_Item] = field(default_factory=asyncio.Queue)
-    # Established at least once and not waiting on the consumer (after a gap or an
-    # overflow): a new connection must resubscribe before anything else.
-    live: bool = False
-    # Events arriving on the current connection belong to this subscription.
-    active: bool = False
-
-
-# ------------------------------------------------------------------ the client
 
 
 class Client:
@@ -208,7 +122,7 @@ class Client:
         self._ready = False  # logged in, resubscribed and flushed: commands go out directly
         self._closed = False
         self._fatal_error: BaseException | None = None
-        self._sub: _Subscription | None = None
+        self._sub: Subscription | None = None
         self._task: asyncio.Task[None] | None = None
         self._first: asyncio.Future[None] | None = None
         self._background: set[asyncio.Task[Any]] = set()
@@ -350,64 +264,43 @@ class Client:
             # after the subscribe below and end the new stream.
             self._unsubscribing.cancel()
             self._unsubscribing = None
-        sub = _Subscription(
+        sub = Subscription(
             StreamPosition(epoch=epoch, seq=since),
             list(channels) if channels else None,
             self._max_queued,
+            on_gap,
         )
         self._sub = sub
+
+        def subscribe() -> Awaitable[ResumeGap | None]:
+            return self._subscribe(sub)
+
+        def boot() -> Awaitable[wire.BootOk]:
+            return patiently(self.boot)
+
         try:
-            gap = await self._subscribe(sub)
             while True:
-                if gap is not None:
-                    if on_gap == "raise":
-                        raise gap
-                    boot = await self._patiently(self.boot)
-                    sub.pos.reset(boot)
-                    yield Reset(boot=boot, gap=gap)
-                    gap = await self._subscribe(sub)
-                    continue
-                item = await sub.queue.get()
-                if isinstance(item, wire.Event):
-                    yield item
-                elif isinstance(item, _Gap):
-                    gap = item.error
-                elif isinstance(item, _Overflow):
-                    gap = await self._subscribe(sub)
-                else:
-                    raise item.error
+                yield await sub.next_item(subscribe, boot)
         finally:
             # No await here: this also runs when the generator is finalised.
             if self._sub is sub:
                 self._sub = None
-                sub.live = sub.active = False
+                sub.end()
                 if self._ready and not self._closed:
                     self._unsubscribing = self._spawn(self._unsubscribe())
 
-    async def _patiently(self, call: Callable[[], Awaitable[T]]) -> T:
-        """Repeat an idempotent call past ``CommandTimeout``: a stream has no
-        deadline, only the reconnect policy decides when to give up."""
-        while True:
-            try:
-                return await call()
-            except CommandTimeout as exc:
-                log.info("%s; trying again", exc)
-
-    async def _subscribe(self, sub: _Subscription) -> ResumeGap | None:
+    async def _subscribe(self, sub: Subscription) -> ResumeGap | None:
         def on_ok(ok: wire.SubscribeOk) -> None:
             if self._sub is sub:
-                sub.pos.subscribed(ok)
-                sub.live = sub.active = True
+                sub.subscribed(ok)
 
         def call() -> Awaitable[wire.SubscribeOk]:
             # Built when written, not now: a subscribe repeated after a reconnect
             # must start from the position reached by then.
-            return self._call(
-                SUBSCRIBE, lambda: sub.pos.subscribe(sub.channels), on_ok=on_ok
-            )
+            return self._call(SUBSCRIBE, sub.command, on_ok=on_ok)
 
         try:
-            await self._patiently(call)
+            await patiently(call)
         except ResumeGap as gap:
             return gap
         return None
@@ -509,13 +402,11 @@ class Client:
         sub = self._sub
         if sub is not None and sub.live:
             try:
-                ok = await self._direct(conn, sub.pos.subscribe(sub.channels), SUBSCRIBE)
+                ok = await self._direct(conn, sub.command(), SUBSCRIBE)
             except ResumeGap as gap:
-                sub.live = False
-                sub.queue.put_nowait(_Gap(gap))
+                sub.lost(gap)
             else:
-                sub.pos.subscribed(ok)
-                sub.active = True
+                sub.subscribed(ok)
 
     async def _direct(self, conn: ClientConnection, cmd: C, op: Op[C, T]) -> T:
         """One command during the handshake, before the reader runs: nothing else
@@ -585,7 +476,9 @@ class Client:
             log.error("undecodable frame from server: %r", raw[:200])
             return
         if isinstance(frame, EVENT_FRAMES):
-            self._on_event(frame, raw)
+            sub = self._sub
+            if sub is not None and sub.active:
+                sub.take(frame, raw)
             return
         entry = self._outbox.answered(frame.ref)
         if entry is None:
@@ -603,27 +496,6 @@ class Client:
         if not entry.future.done():
             entry.future.set_result(result)
 
-    def _on_event(self, frame: wire.Event | BadEvent, raw: str | bytes) -> None:
-        sub = self._sub
-        if sub is None or not sub.active:
-            return
-        if isinstance(frame, BadEvent):
-            # Skipping it would break "every event"; end the stream loudly instead.
-            log.error("malformed event from server (%s): %r", frame.error, raw[:200])
-            sub.live = sub.active = False
-            sub.queue.put_nowait(
-                _Stop(ClientError(f"undecodable event from server: {frame.error}"))
-            )
-            return
-        if not sub.pos.accept(frame):
-            return
-        sub.queue.put_nowait(frame)
-        if sub.queue.qsize() >= sub.max_queued:
-            # Stop taking events until the consumer has caught up; it then
-            # resubscribes from the last queued seq, replacing this subscription.
-            sub.live = sub.active = False
-            sub.queue.put_nowait(_OVERFLOW)
-
     def _stop(self, fatal: BaseException | None) -> None:
         """Fail everything that waits: with ``fatal``, or ClientClosed on close()."""
         self._closed = True
@@ -631,8 +503,7 @@ class Client:
         self._fatal_error = fatal
         self._outbox.fail_all(lambda: fatal or ClientClosed("the client was closed"))
         if self._sub is not None:
-            self._sub.live = self._sub.active = False
-            self._sub.queue.put_nowait(_Stop(fatal or ClientClosed("the client was closed")))
+            self._sub.stop(fatal or ClientClosed("the client was closed"))
         if self._first is not None and not self._first.done():
             self._first.set_exception(fatal or ClientClosed("the client was closed"))
 
