@@ -93,61 +93,23 @@ if TYPE_CHECKING:
         User,
     )
 else:
-    # The module that defines each name of __all__ (wire is a module itself).
-    _HOMES = {
-        "client": frozenset({"Client", "Reset", "StreamPosition", "backoff"}),
-        "exceptions": frozenset(
-            {
-                "BadRequest",
-                "ChatdError",
-                "ClientClosed",
-                "ClientError",
-                "CommandTimeout",
-                "Conflict",
-                "ConnectFailed",
-                "ConnectionLost",
-                "Forbidden",
-                "InternalError",
-                "NotFound",
-                "ProtocolError",
-                "RateLimited",
-                "ResumeGap",
-                "StartupError",
-                "TooLarge",
-                "Unauthorized",
-                "Unavailable",
-            }
-        ),
-        "wire": frozenset(
-            {
-                "AuthOk",
-                "BootOk",
-                "Channel",
-                "ChannelOk",
-                "DeleteMessageOk",
-                "Event",
-                "HistoryOk",
-                "LoginOk",
-                "Message",
-                "Ok",
-                "SendOk",
-                "SubscribeOk",
-                "User",
-            }
-        ),
-    }
 
     def __getattr__(name: str) -> object:
-        # Not cached in globals(): the import system caches the modules, and a
-        # lookup here is a dict scan, cheap next to any use of the name.
+        # The TYPE_CHECKING imports above say where each name lives; the homes
+        # are tried cheapest first, so a name loads no more than its own module
+        # needs. Not cached in globals(): the modules are cached by the import
+        # system, and this runs once per ``from chatd import ...``.
+        if name not in __all__:
+            raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
         import importlib
 
         if name == "wire":
             return importlib.import_module(".wire", __name__)
-        for module, names in _HOMES.items():
-            if name in names:
-                return getattr(importlib.import_module(f".{module}", __name__), name)
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+        for home in ("exceptions", "wire", "client"):
+            module = importlib.import_module(f".{home}", __name__)
+            if hasattr(module, name):
+                return getattr(module, name)
+        raise AttributeError(f"chatd.{name} is in __all__ but in none of its modules")
 
     def __dir__() -> list[str]:
         return sorted(set(globals()) | set(__all__))

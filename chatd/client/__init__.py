@@ -33,6 +33,12 @@ What survives a dropped connection, and what does not:
   so that the caller sees the back-pressure.
 
 Every command waits at most ``timeout`` seconds in total, reconnects included.
+
+The modules behind it: ``_client`` the :class:`Client`; ``_replies`` which
+reply answers which command, and the decoding of server frames; ``_resend``
+what a dropped connection does to each command; ``_reconnect`` the reconnect
+loop, :func:`backoff` and the retry policy; ``_stream`` :class:`StreamPosition`,
+:class:`Reset` and the queue behind ``events()``.
 """
 
 from __future__ import annotations
