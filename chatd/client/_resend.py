@@ -7,7 +7,8 @@ Commands whose effect is idempotent are written again on the next connection:
 ``send`` carries a nonce, fixed when the call is made, with which the server
 answers a repeat with the first ``ok``; ``boot``, ``history``, ``ping``,
 ``subscribe`` and ``unsubscribe`` only read, or set state of the connection.
-The others fail with :class:`~chatd.exceptions.ConnectionLost`: written again,
+The others (``create_channel``, ``delete_channel``, ``delete_message``,
+``logout``) fail with :class:`~chatd.exceptions.ConnectionLost`: written again,
 ``create_channel`` would answer ``conflict`` and ``delete_*`` ``not_found`` for
 a change that did happen. The caller gets "outcome unknown" and can look (boot,
 history) instead of getting a wrong answer.
