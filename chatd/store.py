@@ -15,11 +15,14 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
+from typing import TypeVar
 
 from . import rules, wire
 from .exceptions import StartupError
 from .ops import EventPage, Op, Published, Result, StoredUser
 from .storage import Backend
+
+T = TypeVar("T")
 
 _URL = re.compile(r"^(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*)://")
 
@@ -65,9 +68,9 @@ class Store:
         """Apply ``ops`` in one transaction, from the event loop (tests and tools)."""
         return await self.backend.run_on_writer(lambda: self.apply_here(ops, now_ms))
 
-    async def run_on_writer(self, fn: Callable[[], None]) -> None:
+    async def run_on_writer(self, fn: Callable[[], T]) -> T:
         """Run ``fn`` on the backend's writing thread; it may call :meth:`apply_here`."""
-        await self.backend.run_on_writer(fn)
+        return await self.backend.run_on_writer(fn)
 
     def apply_here(self, ops: list[Op], now_ms: int) -> tuple[list[Result], list[Published]]:
         """Apply ``ops`` in one transaction, on the writing thread."""
