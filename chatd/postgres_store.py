@@ -47,6 +47,7 @@ from psycopg.pq import ConnStatus, TransactionStatus
 
 from .crypto import new_epoch
 from .exceptions import StartupError
+from .sendbuffer import SendBuffer
 from .storage import ChannelRow, MessageKey, MessageRow, NonceRow, UserRow, WriteTx
 
 T = TypeVar("T")
@@ -129,35 +130,29 @@ def _matches_nothing(args: tuple[Any, ...]) -> bool:
     return any(isinstance(a, str) and "\x00" in a for a in args)
 
 
-class _PgTx:
+class _PgTx(SendBuffer):
     """:class:`chatd.storage.WriteTx` on the writing connection, in a transaction
     whose counter row is already locked.
 
-    Rows that sends add (events, messages, nonces, the channel's activity) and
-    the new counter are buffered. Every other statement is sent in one pipeline
-    after them, so it sees all rows before it, and the commit sends them with
-    the ``COMMIT``. :meth:`nonce` does not write them first (see its contract in
-    :mod:`chatd.storage`), which keeps a send with a nonce at one round trip.
+    Rows that sends add (events, messages, nonces, the channel's activity:
+    :class:`~chatd.sendbuffer.SendBuffer`) and the new counter are buffered.
+    Every other statement is sent in one pipeline after them, so it sees all
+    rows before it, and the commit sends them with the ``COMMIT``. :meth:`nonce`
+    does not write them first (see its contract in :mod:`chatd.storage`), which
+    keeps a send with a nonce at one round trip.
     """
 
     def __init__(self, conn: psycopg.Connection[Any], seq: int) -> None:
+        super().__init__()
         self.conn = conn
         self._seq = seq
         #: the counter as the database has it in this transaction
         self._stored_seq = seq
         #: the counter at :meth:`savepoint`
         self._saved_seq = seq
-        self._events: list[tuple[int, int, str, bytes]] = []
-        self._messages: list[tuple[int, str, str, str, str, int, bytes]] = []
-        self._nonces: list[tuple[str, bytes, str, int, int, str, str]] = []
-        #: channel id -> time of its newest message in the buffers
-        self._active: dict[str, int] = {}
 
     def _buffered(self) -> bool:
-        return bool(
-            self._events or self._messages or self._nonces or self._active
-            or self._seq != self._stored_seq
-        )
+        return super()._buffered() or self._seq != self._stored_seq
 
     def _queue_buffers(self) -> None:
         """Send the buffered rows; in a pipeline, without waiting for the server.
@@ -171,10 +166,14 @@ class _PgTx:
             execute(_INSERT_EVENTS, _columns(self._events))
             self._events.clear()
         if self._messages:
-            execute(_INSERT_MESSAGES, _columns(self._messages))
+            columns = _columns(self._messages)
+            columns[6] = [body.encode() for body in columns[6]]  # BYTEA: UTF-8
+            execute(_INSERT_MESSAGES, columns)
             self._messages.clear()
         if self._nonces:
-            execute(_INSERT_NONCES, _columns(self._nonces))
+            columns = _columns(self._nonces)
+            columns[1] = [nonce.encode() for nonce in columns[1]]  # BYTEA: UTF-8
+            execute(_INSERT_NONCES, columns)
             self._nonces.clear()
         if self._active:
             execute(_TOUCH_CHANNELS, (list(self._active), list(self._active.values())))
@@ -182,12 +181,6 @@ class _PgTx:
         if self._seq != self._stored_seq:
             execute("UPDATE counter SET seq = %s", (self._seq,))
             self._stored_seq = self._seq
-
-    def _drop_buffers(self) -> None:
-        self._events.clear()
-        self._messages.clear()
-        self._nonces.clear()
-        self._active.clear()
 
     def _run(self, sql: str, args: tuple[Any, ...] = ()) -> psycopg.Cursor[Any]:
         """Execute after the buffers; in one round trip with them when there are any."""
@@ -292,9 +285,6 @@ class _PgTx:
     def delete_channel(self, channel_id: str) -> None:
         self._run("DELETE FROM channels WHERE id = %s", (channel_id,))
 
-    def touch_channel(self, channel_id: str, at_ms: int) -> None:
-        self._active[channel_id] = at_ms
-
     # -- messages and events
 
     def message(self, message_id: str) -> MessageKey | None:
@@ -308,22 +298,11 @@ class _PgTx:
             "SELECT id, seq FROM messages WHERE channel_id = %s ORDER BY seq", (channel_id,)
         )
 
-    def insert_message(
-        self, seq: int, message_id: str, channel_id: str, sender_id: str, sender_name: str,
-        at_ms: int, body: str,
-    ) -> None:
-        self._messages.append(
-            (seq, message_id, channel_id, sender_id, sender_name, at_ms, body.encode())
-        )
-
     def delete_messages(self, seqs: list[int]) -> None:
         with self.conn.pipeline():
             self._queue_buffers()
             self.conn.execute("DELETE FROM messages WHERE seq = ANY(%s)", (seqs,))
             self.conn.execute("DELETE FROM events WHERE seq = ANY(%s)", (seqs,))
-
-    def insert_event(self, seq: int, at_ms: int, channel_id: str, frame: bytes) -> None:
-        self._events.append((seq, at_ms, channel_id, frame))
 
     # -- nonces
 
@@ -339,14 +318,6 @@ class _PgTx:
         message_id, seq, at_ms, channel_id, channel_name, body = row
         return (message_id, seq, at_ms, channel_id, channel_name,
                 None if body is None else body.decode())
-
-    def insert_nonce(
-        self, user_id: str, nonce: str, message_id: str, seq: int, at_ms: int,
-        channel_id: str, channel_name: str,
-    ) -> None:
-        self._nonces.append(
-            (user_id, nonce.encode(), message_id, seq, at_ms, channel_id, channel_name)
-        )
 
     # -- expiry
 
