@@ -154,6 +154,17 @@ class _PgTx(SendBuffer):
     def _buffered(self) -> bool:
         return super()._buffered() or self._seq != self._stored_seq
 
+    def _queue(self, sql: str, args: tuple[Any, ...] | list[Any] = ()) -> psycopg.Cursor[Any]:
+        """Execute in the current pipeline, never as a prepared statement.
+
+        psycopg prepares a statement on its fifth run; in a pipeline that an
+        earlier error aborts, the server skips that Parse, but psycopg takes the
+        statement as prepared from then on, and every later run of it fails
+        ("prepared statement _pg3_N does not exist"). Statements run outside a
+        pipeline are prepared as usual (the nonce lookup, the reads).
+        """
+        return self.conn.execute(sql, args, prepare=False)
+
     def _queue_buffers(self) -> None:
         """Send the buffered rows; in a pipeline, without waiting for the server.
 
@@ -161,7 +172,7 @@ class _PgTx(SendBuffer):
         for a batch of sends that is a few statements, where ``executemany``
         would send (and psycopg handle) one per row.
         """
-        execute = self.conn.execute
+        execute = self._queue
         if self._events:
             execute(_INSERT_EVENTS, _columns(self._events))
             self._events.clear()
@@ -188,7 +199,7 @@ class _PgTx(SendBuffer):
             return self.conn.execute(sql, args)
         with self.conn.pipeline():
             self._queue_buffers()
-            cur = self.conn.execute(sql, args)
+            cur = self._queue(sql, args)
         return cur
 
     def _one(self, sql: str, args: tuple[Any, ...]) -> Any:
@@ -301,8 +312,8 @@ class _PgTx(SendBuffer):
     def delete_messages(self, seqs: list[int]) -> None:
         with self.conn.pipeline():
             self._queue_buffers()
-            self.conn.execute("DELETE FROM messages WHERE seq = ANY(%s)", (seqs,))
-            self.conn.execute("DELETE FROM events WHERE seq = ANY(%s)", (seqs,))
+            self._queue("DELETE FROM messages WHERE seq = ANY(%s)", (seqs,))
+            self._queue("DELETE FROM events WHERE seq = ANY(%s)", (seqs,))
 
     # -- nonces
 
@@ -359,7 +370,7 @@ class _PgTx(SendBuffer):
         """The buffers and the COMMIT, in one round trip."""
         with self.conn.pipeline():
             self._queue_buffers()
-            cur = self.conn.execute("COMMIT")
+            cur = self._queue("COMMIT")
         # A transaction that an error aborted "commits" as ROLLBACK, without an error.
         if cur.statusmessage != "COMMIT":
             raise psycopg.OperationalError(f"COMMIT answered {cur.statusmessage}")
