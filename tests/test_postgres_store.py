@@ -201,8 +201,15 @@ async def test_connections_lost_are_made_again(stores: list[Store]) -> None:
     me, channel = await _channel(a)
     pg_url = a.backend.url  # type: ignore[attr-defined]
     with psycopg.connect(pg_url, autocommit=True) as conn:
-        conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
-                     " WHERE application_name = 'chatd'")
+        ended = conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                             " WHERE application_name = 'chatd'").fetchall()
+        assert len(ended) == 4 * len(stores)  # a writer and three readers each
+        for _ in range(100):  # until they are gone (a session dying as it is used fails)
+            left = conn.execute("SELECT count(*) FROM pg_stat_activity"
+                                " WHERE application_name = 'chatd'").fetchone()
+            if left == (0,):
+                break
+            await asyncio.sleep(0.05)
     (sent,), _ = await a.apply([SendOp(me, channel.id, "after", None)], 3000)
     assert isinstance(sent, Sent) and sent.message.seq == 2
     for _ in range(4):  # every pooled connection
