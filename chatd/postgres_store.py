@@ -61,6 +61,8 @@ MIGRATIONS: dict[int, str] = {}
 _SCHEMA_LOCK = 0x636861746400  # "chatd\0"
 
 _IN_TX = (TransactionStatus.INTRANS, TransactionStatus.INERROR)
+#: the NOTIFY channel of a commit that stored events (no payload).
+_EVENTS_CHANNEL = "chatd_events"
 
 
 def schema_sql() -> str:
@@ -150,6 +152,8 @@ class _PgTx(SendBuffer):
         self._stored_seq = seq
         #: the counter at :meth:`savepoint`
         self._saved_seq = seq
+        #: the counter when the transaction began
+        self._start_seq = seq
 
     def _buffered(self) -> bool:
         return super()._buffered() or self._seq != self._stored_seq
@@ -367,9 +371,12 @@ class _PgTx(SendBuffer):
         )
 
     def commit(self) -> None:
-        """The buffers and the COMMIT, in one round trip."""
+        """The buffers and the COMMIT, in one round trip; with a NOTIFY to the
+        other nodes' :meth:`PostgresBackend.listen` if events were stored."""
         with self.conn.pipeline():
             self._queue_buffers()
+            if self._seq != self._start_seq:
+                self._queue(f"NOTIFY {_EVENTS_CHANNEL}")
             cur = self._queue("COMMIT")
         # A transaction that an error aborted "commits" as ROLLBACK, without an error.
         if cur.statusmessage != "COMMIT":
@@ -378,6 +385,9 @@ class _PgTx(SendBuffer):
 
 class PostgresBackend:
     """See the module docstring. :mod:`chatd.storage` states the contract."""
+
+    #: several nodes may commit events to one database.
+    shared = True
 
     def __init__(self, url: str, *, readers: int = 3, connect_timeout: int = 10) -> None:
         scheme, sep, rest = url.partition("://")
@@ -485,6 +495,25 @@ class PostgresBackend:
         if self._w is not None:
             self._w.close()
             self._w = None
+
+    async def listen(self, wake: Callable[[], None]) -> None:
+        """Call ``wake`` after each commit that stored events, on any node.
+
+        LISTEN on a connection of its own; until cancelled. A lost connection is
+        made again a second later, and ``wake`` is called once it listens (what
+        was committed meanwhile notified nobody).
+        """
+        while True:
+            try:
+                conn = await psycopg.AsyncConnection.connect(self._conninfo(), autocommit=True)
+                async with conn:
+                    await conn.execute(f"LISTEN {_EVENTS_CHANNEL}")
+                    wake()
+                    async for _ in conn.notifies():
+                        wake()
+            except psycopg.Error as exc:
+                log.warning("LISTEN %s: %s; again in 1 s", _EVENTS_CHANNEL, _one_line(exc))
+            await asyncio.sleep(1.0)
 
     # ---------------------------------------------------------------- writes
 

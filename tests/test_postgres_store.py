@@ -173,6 +173,36 @@ async def test_cancelled_reads_leave_the_pool_usable(stores: list[Store]) -> Non
         assert page.events == [] and page.upto == 201
 
 
+async def test_listen_wakes_on_every_nodes_commits_of_events(stores: list[Store]) -> None:
+    """listen() is what wakes a node's tail of the events table: after a commit
+    with events on any node, and after it (re)connects; not for a commit without."""
+    a, b, _ = stores
+    me, channel = await _channel(a)
+    woken = asyncio.Event()
+    listening = asyncio.ensure_future(b.backend.listen(woken.set))  # type: ignore[attr-defined]
+    try:
+        await asyncio.wait_for(woken.wait(), 10 * UNIT)  # listening now
+        for store in (a, b):
+            woken.clear()
+            await store.apply([SendOp(me, channel.id, "hi", None)], 2000)
+            await asyncio.wait_for(woken.wait(), 10 * UNIT)
+        woken.clear()
+        await a.apply([CreateUserOp("bob", "bob", "h")], 2000)  # no event
+        await asyncio.sleep(0.3 * UNIT)
+        assert not woken.is_set()
+        with psycopg.connect(a.backend.url, autocommit=True) as conn:  # type: ignore[attr-defined]
+            conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                         " WHERE query LIKE 'LISTEN%'")
+        await asyncio.wait_for(woken.wait(), 10 * UNIT)  # listening again
+        woken.clear()
+        await a.apply([SendOp(me, channel.id, "again", None)], 2000)
+        await asyncio.wait_for(woken.wait(), 10 * UNIT)
+    finally:
+        listening.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await listening
+
+
 async def test_two_nodes_starting_at_once_make_one_schema(pg_url: str) -> None:
     stores = [open_store(pg_url) for _ in range(4)]
     try:
