@@ -5,7 +5,8 @@ fresh database on it, as ``--db`` names it. The server is started on first use
 only, so a run without PostgreSQL tests never starts one:
 
 - ``CHATD_TEST_PG=postgresql://user@host/db`` (a superuser, or a role that may
-  CREATE DATABASE) uses that server instead of starting one;
+  CREATE DATABASE) uses that server instead of starting one, and drops the
+  databases the tests made at the end;
 - otherwise ``initdb`` and ``pg_ctl`` are taken from /usr/lib/postgresql/*/bin
   (Debian's ``postgresql`` package, which ``make test`` installs) and a cluster
   is made in a temporary directory: Unix socket in that directory, no TCP, no
@@ -26,7 +27,7 @@ import subprocess
 import tempfile
 import urllib.parse
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from glob import glob
 from pathlib import Path
 
@@ -49,6 +50,8 @@ class PgServer:
     """A server the tests may create databases on: ``admin`` is a superuser's URL."""
 
     admin: str
+    #: the databases made so far
+    created: list[str] = field(default_factory=list)
 
     def url_of(self, name: str) -> str:
         """The URL of database ``name``: ``admin`` with its path replaced."""
@@ -59,11 +62,15 @@ class PgServer:
         name = "t_" + secrets.token_hex(6)
         with psycopg.connect(self.admin, autocommit=True) as conn:
             conn.execute(f'CREATE DATABASE "{name}"')
+        self.created.append(name)
         return name, self.url_of(name)
 
-    def drop_database(self, name: str) -> None:
+    def drop_databases(self) -> None:
+        """Drop every database made (on a server that outlives the session)."""
         with psycopg.connect(self.admin, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            for name in self.created:
+                conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        self.created.clear()
 
 
 def _as_postgres(cmd: list[str]) -> list[str]:
@@ -123,17 +130,21 @@ def pg_server() -> Iterator[PgServer]:
     """The session's PostgreSQL: CHATD_TEST_PG's, or a throwaway local one."""
     given = os.environ.get("CHATD_TEST_PG")
     if given:
-        yield PgServer(given)
+        server = PgServer(given)
+        try:
+            yield server
+        finally:
+            server.drop_databases()
         return
     with local_server() as server:
         yield server
 
 
 @pytest.fixture
-def pg_url(pg_server: PgServer) -> Iterator[str]:
-    """A fresh database for one test, as --db names it; dropped after the test."""
-    name, url = pg_server.create_database()
-    try:
-        yield url
-    finally:
-        pg_server.drop_database(name)
+def pg_url(pg_server: PgServer) -> str:
+    """A fresh database for one test, as --db names it.
+
+    Kept until the session ends: a test's daemons may outlive this fixture (they
+    stop in their own fixture's teardown, which may come later).
+    """
+    return pg_server.create_database()[1]
