@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 ARGS ?=
 
-.PHONY: run test lint typecheck pytest bench browser clean
+.PHONY: run test lint typecheck pytest bench browser postgres clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -23,13 +23,20 @@ browser:
 	  echo "installing Debian chromium for the browser tests"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
 
+# Debian's PostgreSQL for the PostgreSQL tests: they start a throwaway server from
+# its initdb and pg_ctl (tests/pg.py), unless CHATD_TEST_PG names one.
+postgres:
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || [ -n "$$CHATD_TEST_PG" ] || { \
+	  echo "installing Debian postgresql for the PostgreSQL tests"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; }
+
 lint: $(STAMP)
 	$(VENV)/bin/ruff check chatd tests bench
 
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy chatd
 
-pytest: $(STAMP) browser
+pytest: $(STAMP) browser postgres
 	$(PY) -m pytest -q $(ARGS)
 
 test: lint typecheck pytest

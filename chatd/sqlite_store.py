@@ -32,6 +32,7 @@ import msgspec
 
 from .crypto import new_epoch
 from .exceptions import StartupError
+from .sendbuffer import SendBuffer
 from .storage import ChannelRow, MessageKey, MessageRow, NonceRow, UserRow, WriteTx
 
 T = TypeVar("T")
@@ -51,25 +52,21 @@ def schema_sql() -> str:
         return (Path(__file__).resolve().parent.parent / "schema.sql").read_text("utf-8")
 
 
-class _SqliteTx:
+class _SqliteTx(SendBuffer):
     """:class:`chatd.storage.WriteTx` on the writing connection.
 
     Rows that sends add (events, messages, nonces, the channel's activity) are
-    buffered and written with one ``executemany`` per table: a batch of sends
-    then costs a few statements, not a few per send. Every other statement
-    writes the buffers first, so it sees all rows before it; :meth:`nonce` does
-    not (see its contract in :mod:`chatd.storage`), which keeps a send with a
-    nonce on the buffered path.
+    buffered (:class:`~chatd.sendbuffer.SendBuffer`) and written with one
+    ``executemany`` per table: a batch of sends then costs a few statements, not
+    a few per send. Every other statement writes the buffers first, so it sees
+    all rows before it; :meth:`nonce` does not (see its contract in
+    :mod:`chatd.storage`), which keeps a send with a nonce on the buffered path.
     """
 
     def __init__(self, conn: sqlite3.Connection) -> None:
+        super().__init__()
         self.conn = conn
         self._seq = -1
-        self._events: list[tuple[int, int, str, bytes]] = []
-        self._messages: list[tuple[int, str, str, str, str, int, str]] = []
-        self._nonces: list[tuple[str, str, str, int, int, str, str]] = []
-        #: channel id -> time of its newest message in the buffers
-        self._active: dict[str, int] = {}
 
     def _flush(self) -> None:
         conn = self.conn
@@ -99,12 +96,6 @@ class _SqliteTx:
                 [(at_ms, cid) for cid, at_ms in self._active.items()],
             )
             self._active.clear()
-
-    def _drop_buffers(self) -> None:
-        self._events.clear()
-        self._messages.clear()
-        self._nonces.clear()
-        self._active.clear()
 
     def _one(self, sql: str, args: tuple[Any, ...]) -> Any:
         self._flush()
@@ -200,9 +191,6 @@ class _SqliteTx:
     def delete_channel(self, channel_id: str) -> None:
         self._run("DELETE FROM channels WHERE id = ?", (channel_id,))
 
-    def touch_channel(self, channel_id: str, at_ms: int) -> None:
-        self._active[channel_id] = at_ms
-
     # -- messages and events
 
     def message(self, message_id: str) -> MessageKey | None:
@@ -217,20 +205,11 @@ class _SqliteTx:
             "SELECT id, seq FROM messages WHERE channel_id = ? ORDER BY seq", (channel_id,)
         ).fetchall()
 
-    def insert_message(
-        self, seq: int, message_id: str, channel_id: str, sender_id: str, sender_name: str,
-        at_ms: int, body: str,
-    ) -> None:
-        self._messages.append((seq, message_id, channel_id, sender_id, sender_name, at_ms, body))
-
     def delete_messages(self, seqs: list[int]) -> None:
         self._flush()
         rows = [(seq,) for seq in seqs]
         self.conn.executemany("DELETE FROM messages WHERE seq = ?", rows)
         self.conn.executemany("DELETE FROM events WHERE seq = ?", rows)
-
-    def insert_event(self, seq: int, at_ms: int, channel_id: str, frame: bytes) -> None:
-        self._events.append((seq, at_ms, channel_id, frame))
 
     # -- nonces
 
@@ -242,12 +221,6 @@ class _SqliteTx:
             (user_id, nonce),
         ).fetchone()
         return row
-
-    def insert_nonce(
-        self, user_id: str, nonce: str, message_id: str, seq: int, at_ms: int,
-        channel_id: str, channel_name: str,
-    ) -> None:
-        self._nonces.append((user_id, nonce, message_id, seq, at_ms, channel_id, channel_name))
 
     # -- expiry
 

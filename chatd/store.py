@@ -1,8 +1,8 @@
 """The store the daemon uses: the rules of :mod:`chatd.rules` over a backend.
 
 :func:`open_store` picks the backend from ``--db``: a file path is the embedded
-sqlite backend (:mod:`chatd.sqlite_store`); a ``postgresql://`` URL will be the
-PostgreSQL backend and until then is a :class:`~chatd.exceptions.StartupError`.
+sqlite backend (:mod:`chatd.sqlite_store`); a ``postgresql://`` (or
+``postgres://``) URL is the PostgreSQL backend (:mod:`chatd.postgres_store`).
 
 Writes: :meth:`Store.apply_here` applies a list of operations in one
 transaction on the backend's writing thread (the group-commit writer of
@@ -36,12 +36,12 @@ def open_store(db: str) -> Store:
         return Store(SqliteBackend(db))
     scheme = m.group("scheme").lower()
     if scheme in ("postgresql", "postgres"):
-        raise StartupError(
-            f"--db {scheme}://…: this chatd has no PostgreSQL backend yet;"
-            " give a sqlite file path"
-        )
+        from .postgres_store import PostgresBackend
+
+        return Store(PostgresBackend(db))
     raise StartupError(
         f"--db {scheme}://…: unknown database URL scheme; give a sqlite file path"
+        " or a postgresql:// URL"
     )
 
 

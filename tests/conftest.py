@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 
+from .pg import pg_server, pg_url  # noqa: F401  (fixtures: a throwaway PostgreSQL)
 from .support import Daemon
 
 MakeDaemon = Callable[..., Awaitable[Daemon]]

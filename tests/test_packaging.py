@@ -1,4 +1,4 @@
-"""The package as `pip install .` builds it: schema.sql and the web page are inside,
+"""The package as `pip install .` builds it: the schemas and the web page are inside,
 and the daemon runs from it in another directory (no source tree on the path)."""
 
 from __future__ import annotations
@@ -26,7 +26,8 @@ def _wheel(tmp: Path) -> Path:
 async def test_installed_package_serves_from_anywhere(tmp_path: Path) -> None:
     wheel = _wheel(tmp_path / "dist")
     names = set(zipfile.ZipFile(wheel).namelist())
-    assert {"chatd/schema.sql", "chatd/web/index.html", "chatd/web/app.js"} <= names
+    assert {"chatd/schema.sql", "chatd/schema_pg.sql", "chatd/web/index.html",
+            "chatd/web/app.js"} <= names
     site = tmp_path / "site"
     zipfile.ZipFile(wheel).extractall(site)
     elsewhere = tmp_path / "elsewhere"

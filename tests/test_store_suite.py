@@ -34,13 +34,16 @@ from chatd.ops import (
 )
 from chatd.store import Store, open_store
 
-BACKENDS = ["sqlite"]
+BACKENDS = ["sqlite", "postgresql"]
 FAR = 10**13  # a time in ms long after every test's clock
 
 
 @pytest.fixture(params=BACKENDS)
 def db(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     """A fresh database, named as --db names it."""
+    if request.param == "postgresql":
+        url: str = request.getfixturevalue("pg_url")  # tests/pg.py: a new database
+        return url
     assert request.param == "sqlite"
     return str(tmp_path / "suite.db")
 
@@ -245,6 +248,30 @@ async def test_nonce_retry_after_delete_returns_the_first_ok(opened: OpenStore) 
     other = await alice(store, "bob")
     theirs = await one(store, SendOp(other, channel.id, "same nonce", "n1"))
     assert theirs.message.id != first.message.id, "nonces are per user"
+
+
+async def test_any_text_comes_back_exactly_and_odd_ids_find_nothing(
+    opened: OpenStore,
+) -> None:
+    """A body or nonce is any Unicode a client sends, NUL included (PostgreSQL's
+    TEXT cannot hold NUL); an id with characters no id has finds nothing."""
+    store = await opened()
+    me = await alice(store)
+    channel = await one(store, CreateChannelOp(me, "g", "g"))
+    body = "nul\x00 \x01 bidi\u202e zero\u200b astral\U0001f600 non\ufffe"
+    first = await one(store, SendOp(me, channel.id, body, "n\x00\U0001f600"), 2000)
+    again = await one(store, SendOp(me, channel.id, "retry", "n\x00\U0001f600"), 3000)
+    assert again == first and first.message.body == body
+    assert [m.body for m in (await store.history(channel.id, None, 10))[0]] == [body]
+    with pytest.raises(NotFound):
+        await one(store, SendOp(me, channel.id + "\x00", "x", None))
+    with pytest.raises(NotFound):
+        await one(store, DeleteMessageOp(me, first.message.id + "\x00"))
+    with pytest.raises(NotFound):
+        await store.history("C\x00", None, 10)
+    page = await store.read_events(0, frozenset({"C\x00", channel.id}), 10)
+    assert [s for s, _ in page.events] == [1, 2]
+    assert await store.user_by_name("alice\x00") is None
 
 
 async def test_history_pages(opened: OpenStore) -> None:

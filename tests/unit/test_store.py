@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from chatd.exceptions import StartupError
+from chatd.postgres_store import PostgresBackend
 from chatd.sqlite_store import SqliteBackend
 from chatd.store import open_store
 
@@ -16,10 +17,13 @@ def test_a_path_is_sqlite(db: str) -> None:
     assert isinstance(store.backend, SqliteBackend) and store.backend.path == db
 
 
-@pytest.mark.parametrize("db", ["postgresql://chatd@localhost/chatd", "POSTGRES://h/db"])
-def test_postgresql_is_a_clear_startup_error_until_it_exists(db: str) -> None:
-    with pytest.raises(StartupError, match="PostgreSQL"):
-        open_store(db)
+@pytest.mark.parametrize(("db", "url"), [
+    ("postgresql://chatd@localhost/chatd", "postgresql://chatd@localhost/chatd"),
+    ("POSTGRES://h/db", "postgres://h/db"),  # libpq knows the scheme in lower case only
+])
+def test_a_postgresql_url_is_postgresql(db: str, url: str) -> None:
+    store = open_store(db)
+    assert isinstance(store.backend, PostgresBackend) and store.backend.url == url
 
 
 def test_an_unknown_url_is_a_startup_error() -> None:

@@ -1,0 +1,677 @@
+"""The PostgreSQL backend: several chatd nodes on one database. SQL, connections
+and threads only; what the rows mean is :mod:`chatd.rules`'.
+
+The driver is psycopg 3, not asyncpg: the rules run synchronously on one
+writing thread (the group-commit writer hands a whole batch to that thread), so
+the writer needs a synchronous connection; psycopg 3 has one, and an
+:class:`~psycopg.AsyncConnection` for the reads (and, later, LISTEN) in the
+event loop: one library, one set of types and errors for both.
+
+Writes run on one dedicated thread that owns the writing connection. A batch is
+one transaction, ``READ COMMITTED``: it first locks the one row of ``counter``
+(``SELECT ... FOR UPDATE``, sent with the ``BEGIN`` in one round trip), so
+writers on every node take turns, and because each later statement of a READ
+COMMITTED transaction sees everything committed before it, the batch sees the
+rows of every writer before it. The counter is that row, incremented in the
+transaction that stores the events, not a SEQUENCE: sequence values are handed
+out before commit, so a reader could see seq 11 committed before 10. Rows that
+sends add are buffered and written, with the counter and the ``COMMIT``, in one
+pipeline: a batch of sends costs two round trips, plus one per send with a
+nonce (its lookup). ``synchronous_commit = on``: a commit that returned is on
+the server's disk (and its synchronous standbys', if it has any) before the
+ack.
+
+Reads use a small pool of async connections: :meth:`PostgresBackend.snapshot`
+is a ``REPEATABLE READ READ ONLY`` transaction, :meth:`PostgresBackend.reader`
+one statement without one.
+
+Deleted rows: sqlite's ``secure_delete`` has no PostgreSQL equivalent. A deleted
+message's body stays in its table page (and in the WAL, and in backups) until
+VACUUM reuses the space; autovacuum does so eventually, ``VACUUM`` sooner.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import select
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, suppress
+from importlib import resources
+from typing import Any, TypeVar
+
+import psycopg
+from psycopg import conninfo
+from psycopg.pq import ConnStatus, TransactionStatus
+
+from .crypto import new_epoch
+from .exceptions import StartupError
+from .sendbuffer import SendBuffer
+from .storage import ChannelRow, MessageKey, MessageRow, NonceRow, UserRow, WriteTx
+
+T = TypeVar("T")
+
+log = logging.getLogger("chatd.store")
+
+SCHEMA_VERSION = 1
+#: version -> SQL that upgrades a database from version-1 to version.
+MIGRATIONS: dict[int, str] = {}
+#: pg_advisory_xact_lock key held while a node creates or migrates the schema.
+_SCHEMA_LOCK = 0x636861746400  # "chatd\0"
+
+_IN_TX = (TransactionStatus.INTRANS, TransactionStatus.INERROR)
+#: the NOTIFY channel of a commit that stored events (no payload).
+_EVENTS_CHANNEL = "chatd_events"
+
+
+def schema_sql() -> str:
+    """chatd/schema_pg.sql, shipped inside the package."""
+    return (resources.files("chatd") / "schema_pg.sql").read_text("utf-8")
+
+
+def _one_line(exc: BaseException) -> str:
+    """A driver error as one line (libpq's messages span several)."""
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def _ended_by_server(conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any]) -> bool:
+    """Whether the server has ended this idle connection; no round trip.
+
+    An idle connection that does not LISTEN is sent nothing unasked but the
+    server's last words (an error, then end of file) when its session is
+    terminated or the server shuts down; read them if they are there.
+    """
+    if conn.closed:
+        return True
+    pgconn = conn.pgconn
+    poller = select.poll()
+    poller.register(pgconn.socket, select.POLLIN)
+    try:
+        for _ in range(3):
+            if not poller.poll(0):
+                break
+            pgconn.consume_input()
+    except psycopg.OperationalError:
+        return True
+    return pgconn.status != ConnStatus.OK
+
+
+_INSERT_EVENTS = (
+    "INSERT INTO events(seq, at_ms, channel_id, frame)"
+    " SELECT * FROM unnest(%b::bigint[], %b::bigint[], %b::text[], %b::bytea[])"
+)
+_INSERT_MESSAGES = (
+    "INSERT INTO messages(seq, id, channel_id, sender_id, sender_name, at_ms, body)"
+    " SELECT * FROM unnest(%b::bigint[], %b::text[], %b::text[], %b::text[], %b::text[],"
+    " %b::bigint[], %b::bytea[])"
+)
+_INSERT_NONCES = (
+    "INSERT INTO nonces(user_id, nonce, message_id, seq, at_ms, channel_id, channel_name)"
+    " SELECT * FROM unnest(%b::text[], %b::bytea[], %b::text[], %b::bigint[], %b::bigint[],"
+    " %b::text[], %b::text[])"
+)
+_TOUCH_CHANNELS = (
+    "UPDATE channels c SET active_ms = t.at_ms"
+    " FROM unnest(%b::text[], %b::bigint[]) AS t(id, at_ms) WHERE c.id = t.id"
+)
+
+
+def _columns(rows: list[tuple[Any, ...]]) -> list[list[Any]]:
+    """Rows as one list per column."""
+    return [list(column) for column in zip(*rows, strict=True)]
+
+
+def _matches_nothing(args: tuple[Any, ...]) -> bool:
+    """Whether a lookup by these values can find no row: a text with NUL.
+
+    TEXT cannot hold NUL (PostgreSQL refuses it as a parameter), so no stored
+    id or name has one; a client may still send one (the protocol allows any
+    Unicode), and looking it up finds nothing, as on sqlite.
+    """
+    return any(isinstance(a, str) and "\x00" in a for a in args)
+
+
+class _PgTx(SendBuffer):
+    """:class:`chatd.storage.WriteTx` on the writing connection, in a transaction
+    whose counter row is already locked.
+
+    Rows that sends add (events, messages, nonces, the channel's activity:
+    :class:`~chatd.sendbuffer.SendBuffer`) and the new counter are buffered.
+    Every other statement is sent in one pipeline after them, so it sees all
+    rows before it, and the commit sends them with the ``COMMIT``. :meth:`nonce`
+    does not write them first (see its contract in :mod:`chatd.storage`), which
+    keeps a send with a nonce at one round trip.
+    """
+
+    def __init__(self, conn: psycopg.Connection[Any], seq: int) -> None:
+        super().__init__()
+        self.conn = conn
+        self._seq = seq
+        #: the counter as the database has it in this transaction
+        self._stored_seq = seq
+        #: the counter at :meth:`savepoint`
+        self._saved_seq = seq
+        #: the counter when the transaction began
+        self._start_seq = seq
+
+    def _buffered(self) -> bool:
+        return super()._buffered() or self._seq != self._stored_seq
+
+    def _queue(self, sql: str, args: tuple[Any, ...] | list[Any] = ()) -> psycopg.Cursor[Any]:
+        """Execute in the current pipeline, never as a prepared statement.
+
+        psycopg prepares a statement on its fifth run; in a pipeline that an
+        earlier error aborts, the server skips that Parse, but psycopg takes the
+        statement as prepared from then on, and every later run of it fails
+        ("prepared statement _pg3_N does not exist"). Statements run outside a
+        pipeline are prepared as usual (the nonce lookup, the reads).
+        """
+        return self.conn.execute(sql, args, prepare=False)
+
+    def _queue_buffers(self) -> None:
+        """Send the buffered rows; in a pipeline, without waiting for the server.
+
+        One statement per table, the rows as one array per column (``unnest``):
+        for a batch of sends that is a few statements, where ``executemany``
+        would send (and psycopg handle) one per row.
+        """
+        execute = self._queue
+        if self._events:
+            execute(_INSERT_EVENTS, _columns(self._events))
+            self._events.clear()
+        if self._messages:
+            columns = _columns(self._messages)
+            columns[6] = [body.encode() for body in columns[6]]  # BYTEA: UTF-8
+            execute(_INSERT_MESSAGES, columns)
+            self._messages.clear()
+        if self._nonces:
+            columns = _columns(self._nonces)
+            columns[1] = [nonce.encode() for nonce in columns[1]]  # BYTEA: UTF-8
+            execute(_INSERT_NONCES, columns)
+            self._nonces.clear()
+        if self._active:
+            execute(_TOUCH_CHANNELS, (list(self._active), list(self._active.values())))
+            self._active.clear()
+        if self._seq != self._stored_seq:
+            execute("UPDATE counter SET seq = %s", (self._seq,))
+            self._stored_seq = self._seq
+
+    def _run(self, sql: str, args: tuple[Any, ...] = ()) -> psycopg.Cursor[Any]:
+        """Execute after the buffers; in one round trip with them when there are any."""
+        if not self._buffered():
+            return self.conn.execute(sql, args)
+        with self.conn.pipeline():
+            self._queue_buffers()
+            cur = self._queue(sql, args)
+        return cur
+
+    def _one(self, sql: str, args: tuple[Any, ...]) -> Any:
+        if _matches_nothing(args):
+            return None
+        return self._run(sql, args).fetchone()
+
+    def _all(self, sql: str, args: tuple[Any, ...]) -> list[Any]:
+        return self._run(sql, args).fetchall()
+
+    # -- counter and horizon
+
+    def counter(self) -> int:
+        return self._seq
+
+    def set_counter(self, seq: int) -> None:
+        self._seq = seq
+
+    def horizon(self) -> int:
+        return int(self._one("SELECT horizon FROM counter", ())[0])
+
+    def set_horizon(self, seq: int) -> None:
+        self._run("UPDATE counter SET horizon = %s", (seq,))
+
+    def last_event_at(self) -> int:
+        row = self._one("SELECT at_ms FROM events ORDER BY seq DESC LIMIT 1", ())
+        return int(row[0]) if row else 0
+
+    # -- savepoints
+
+    def savepoint(self) -> None:
+        self._run("SAVEPOINT op")
+        self._saved_seq = self._seq
+
+    def rollback_savepoint(self) -> None:
+        self._drop_buffers()
+        self.conn.execute("ROLLBACK TO op")
+        self.conn.execute("RELEASE op")
+        self._seq = self._stored_seq = self._saved_seq
+
+    def release_savepoint(self) -> None:
+        # The operation's buffered rows go first: a failure among them is its failure.
+        self._run("RELEASE op")
+
+    # -- users and tokens
+
+    def user_by_key(self, key: str) -> UserRow | None:
+        row: UserRow | None = self._one(
+            "SELECT id, name, pw_hash FROM users WHERE name_key = %s", (key,)
+        )
+        return row
+
+    def insert_user(
+        self, user_id: str, name: str, key: str, pw_hash: str, created_ms: int
+    ) -> None:
+        self._run(
+            "INSERT INTO users(id, name, name_key, pw_hash, created_ms) VALUES (%s,%s,%s,%s,%s)",
+            (user_id, name, key, pw_hash, created_ms),
+        )
+
+    def insert_token(
+        self, token_hash: bytes, user_id: str, created_ms: int, expires_ms: int
+    ) -> None:
+        self._run(
+            "INSERT INTO tokens(hash, user_id, created_ms, expires_ms) VALUES (%s,%s,%s,%s)",
+            (token_hash, user_id, created_ms, expires_ms),
+        )
+
+    def delete_token(self, token_hash: bytes) -> None:
+        self._run("DELETE FROM tokens WHERE hash = %s", (token_hash,))
+
+    # -- channels
+
+    def channel(self, channel_id: str) -> ChannelRow | None:
+        row: ChannelRow | None = self._one(
+            "SELECT id, name, creator_id FROM channels WHERE id = %s", (channel_id,)
+        )
+        return row
+
+    def channel_name_in_use(self, key: str) -> str | None:
+        row = self._one("SELECT name FROM channels WHERE name_key = %s", (key,))
+        return None if row is None else str(row[0])
+
+    def insert_channel(
+        self, channel_id: str, name: str, key: str, creator_id: str, created_seq: int,
+        at_ms: int,
+    ) -> None:
+        self._run(
+            "INSERT INTO channels(id, name, name_key, creator_id, created_seq, active_ms)"
+            " VALUES (%s,%s,%s,%s,%s,%s)",
+            (channel_id, name, key, creator_id, created_seq, at_ms),
+        )
+
+    def delete_channel(self, channel_id: str) -> None:
+        self._run("DELETE FROM channels WHERE id = %s", (channel_id,))
+
+    # -- messages and events
+
+    def message(self, message_id: str) -> MessageKey | None:
+        row: MessageKey | None = self._one(
+            "SELECT seq, channel_id, sender_id FROM messages WHERE id = %s", (message_id,)
+        )
+        return row
+
+    def channel_messages(self, channel_id: str) -> list[tuple[str, int]]:
+        return self._all(
+            "SELECT id, seq FROM messages WHERE channel_id = %s ORDER BY seq", (channel_id,)
+        )
+
+    def delete_messages(self, seqs: list[int]) -> None:
+        with self.conn.pipeline():
+            self._queue_buffers()
+            self._queue("DELETE FROM messages WHERE seq = ANY(%s)", (seqs,))
+            self._queue("DELETE FROM events WHERE seq = ANY(%s)", (seqs,))
+
+    # -- nonces
+
+    def nonce(self, user_id: str, nonce: str) -> NonceRow | None:
+        row = self.conn.execute(
+            "SELECT n.message_id, n.seq, n.at_ms, n.channel_id, n.channel_name, m.body"
+            " FROM nonces n LEFT JOIN messages m ON m.id = n.message_id"
+            " WHERE n.user_id = %s AND n.nonce = %s",
+            (user_id, nonce.encode()),
+        ).fetchone()
+        if row is None:
+            return None
+        message_id, seq, at_ms, channel_id, channel_name, body = row
+        return (message_id, seq, at_ms, channel_id, channel_name,
+                None if body is None else body.decode())
+
+    # -- expiry
+
+    def messages_before(self, at_ms: int, limit: int) -> list[tuple[str, int, str, str]]:
+        return self._all(
+            "SELECT m.id, m.seq, m.channel_id, c.name FROM messages m"
+            " JOIN channels c ON c.id = m.channel_id"
+            " WHERE m.at_ms < %s ORDER BY m.seq LIMIT %s",
+            (at_ms, limit),
+        )
+
+    def idle_channels(self, active_before_ms: int, limit: int) -> list[tuple[str, str]]:
+        return self._all(
+            "SELECT id, name FROM channels WHERE active_ms < %s ORDER BY active_ms LIMIT %s",
+            (active_before_ms, limit),
+        )
+
+    def oldest_events(self, limit: int) -> list[tuple[int, int]]:
+        return self._all("SELECT seq, at_ms FROM events ORDER BY seq LIMIT %s", (limit,))
+
+    def drop_events_through(self, seq: int) -> None:
+        self._run("DELETE FROM events WHERE seq <= %s", (seq,))
+
+    def drop_nonces_before(self, at_ms: int, limit: int) -> None:
+        self._run(
+            "DELETE FROM nonces WHERE (user_id, nonce) IN"
+            " (SELECT user_id, nonce FROM nonces WHERE at_ms < %s LIMIT %s)",
+            (at_ms, limit),
+        )
+
+    def drop_tokens_expired(self, now_ms: int, limit: int) -> None:
+        self._run(
+            "DELETE FROM tokens WHERE hash IN"
+            " (SELECT hash FROM tokens WHERE expires_ms < %s LIMIT %s)",
+            (now_ms, limit),
+        )
+
+    def commit(self) -> None:
+        """The buffers and the COMMIT, in one round trip; with a NOTIFY to the
+        other nodes' :meth:`PostgresBackend.listen` if events were stored."""
+        with self.conn.pipeline():
+            self._queue_buffers()
+            if self._seq != self._start_seq:
+                self._queue(f"NOTIFY {_EVENTS_CHANNEL}")
+            cur = self._queue("COMMIT")
+        # A transaction that an error aborted "commits" as ROLLBACK, without an error.
+        if cur.statusmessage != "COMMIT":
+            raise psycopg.OperationalError(f"COMMIT answered {cur.statusmessage}")
+
+
+class PostgresBackend:
+    """See the module docstring. :mod:`chatd.storage` states the contract."""
+
+    #: several nodes may commit events to one database.
+    shared = True
+
+    def __init__(self, url: str, *, readers: int = 3, connect_timeout: int = 10) -> None:
+        scheme, sep, rest = url.partition("://")
+        # libpq knows postgresql:// and postgres://, in lower case only.
+        self.url = scheme.lower() + sep + rest
+        self.epoch = ""
+        self._readers_n = readers
+        self._connect_timeout = connect_timeout
+        self._exec = ThreadPoolExecutor(1, thread_name_prefix="chatd-writer")
+        self._w: psycopg.Connection[Any] | None = None
+        self._pool: asyncio.Queue[psycopg.AsyncConnection[Any]] = asyncio.Queue()
+        self._readers: list[psycopg.AsyncConnection[Any]] = []
+        self._closed = False
+
+    # ------------------------------------------------------------ lifecycle
+
+    def _conninfo(self) -> str:
+        """The URL with chatd's defaults for what it does not set itself."""
+        try:
+            given = conninfo.conninfo_to_dict(self.url)
+        except psycopg.ProgrammingError as exc:
+            raise StartupError(f"--db: not a PostgreSQL URL: {_one_line(exc)}") from None
+        defaults: dict[str, str | int] = {
+            "connect_timeout": self._connect_timeout, "application_name": "chatd",
+        }
+        return conninfo.make_conninfo(
+            self.url, **{k: v for k, v in defaults.items() if k not in given}
+        )
+
+    async def open(self) -> None:
+        try:
+            await self._on_writer(self._open_writer)
+            for _ in range(self._readers_n):
+                conn = await self._connect_reader()
+                self._readers.append(conn)
+                self._pool.put_nowait(conn)
+        except BaseException as exc:
+            with suppress(Exception):
+                await self.close()
+            if isinstance(exc, psycopg.OperationalError):
+                raise StartupError(f"cannot connect to PostgreSQL: {_one_line(exc)}") from None
+            if isinstance(exc, psycopg.Error):
+                raise StartupError(f"PostgreSQL: {_one_line(exc)}") from None
+            raise
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        for conn in self._readers:
+            with suppress(psycopg.Error):
+                await conn.close()
+        self._readers.clear()
+        self._pool = asyncio.Queue()
+        await self._on_writer(self._close_writer)
+        self._exec.shutdown(wait=True)
+
+    async def _on_writer(self, fn: Callable[..., Any], *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self._exec, fn, *args)
+
+    def _connect_writer(self) -> psycopg.Connection[Any]:
+        conn = psycopg.connect(self._conninfo(), autocommit=True)
+        conn.execute("SET synchronous_commit = on")
+        return conn
+
+    def _open_writer(self) -> None:
+        conn = self._w = self._connect_writer()
+        conn.execute("BEGIN ISOLATION LEVEL READ COMMITTED")
+        try:
+            # Two nodes starting at once on a new database: one creates, the other waits.
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
+            row = conn.execute("SELECT to_regclass('meta')").fetchone()
+            if row is None or row[0] is None:
+                self._create(conn)
+            meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
+            version = int(meta["schema_version"])
+            if version > SCHEMA_VERSION:
+                raise StartupError(
+                    f"PostgreSQL database: schema version {version} is newer than this"
+                    f" chatd ({SCHEMA_VERSION})"
+                )
+            for v in range(version + 1, SCHEMA_VERSION + 1):
+                conn.execute(MIGRATIONS[v].encode())  # several statements: no parameters
+                conn.execute(
+                    "UPDATE meta SET value = %s WHERE key = 'schema_version'", (str(v),)
+                )
+            conn.execute("COMMIT")
+        except BaseException:
+            with suppress(psycopg.Error):
+                conn.execute("ROLLBACK")
+            raise
+        self.epoch = meta["epoch"]
+
+    @staticmethod
+    def _create(conn: psycopg.Connection[Any]) -> None:
+        conn.execute(schema_sql().encode())  # several statements: no parameters
+        with conn.cursor() as cur:
+            cur.executemany(
+                "INSERT INTO meta(key, value) VALUES (%s, %s)",
+                [("schema_version", str(SCHEMA_VERSION)), ("epoch", new_epoch())],
+            )
+        conn.execute("INSERT INTO counter(seq, horizon) VALUES (0, 0)")
+
+    def _close_writer(self) -> None:
+        if self._w is not None:
+            self._w.close()
+            self._w = None
+
+    async def listen(self, wake: Callable[[], None]) -> None:
+        """Call ``wake`` after each commit that stored events, on any node.
+
+        LISTEN on a connection of its own; until cancelled. A lost connection is
+        made again a second later, and ``wake`` is called once it listens (what
+        was committed meanwhile notified nobody).
+        """
+        while True:
+            try:
+                conn = await psycopg.AsyncConnection.connect(self._conninfo(), autocommit=True)
+                async with conn:
+                    await conn.execute(f"LISTEN {_EVENTS_CHANNEL}")
+                    wake()
+                    async for _ in conn.notifies():
+                        wake()
+            except psycopg.Error as exc:
+                log.warning("LISTEN %s: %s; again in 1 s", _EVENTS_CHANNEL, _one_line(exc))
+            await asyncio.sleep(1.0)
+
+    # ---------------------------------------------------------------- writes
+
+    async def run_on_writer(self, fn: Callable[[], T]) -> T:
+        result: T = await self._on_writer(fn)
+        return result
+
+    def write_here(self, fn: Callable[[WriteTx], T]) -> T:
+        conn = self._w
+        assert conn is not None, "open() first"
+        if _ended_by_server(conn):  # the server restarted: connect again, or raise
+            log.warning("writing connection lost; reconnecting")
+            with suppress(psycopg.Error):
+                conn.close()
+            conn = self._w = self._connect_writer()
+        # One round trip: the transaction and the counter row, locked until it ends.
+        cur = conn.execute(
+            "BEGIN ISOLATION LEVEL READ COMMITTED; SELECT seq FROM counter FOR UPDATE"
+        )
+        try:
+            cur.nextset()
+            row = cur.fetchone()
+            assert row is not None, "the counter row is missing"
+            tx = _PgTx(conn, int(row[0]))
+            result = fn(tx)
+            tx.commit()
+        except BaseException:
+            if conn.info.transaction_status in _IN_TX:
+                with suppress(psycopg.Error):
+                    conn.execute("ROLLBACK")
+            raise
+        return result
+
+    # ----------------------------------------------------------------- reads
+
+    async def _connect_reader(self) -> psycopg.AsyncConnection[Any]:
+        return await psycopg.AsyncConnection.connect(self._conninfo(), autocommit=True)
+
+    async def _usable(self, conn: psycopg.AsyncConnection[Any]) -> psycopg.AsyncConnection[Any]:
+        """``conn``, or a new connection in its place if it is not usable as is.
+
+        A reader that was cancelled mid-statement (its client went away) leaves
+        its connection in a transaction (psycopg cancels the statement), or
+        closed if the server did not answer the cancel; a server that restarted
+        or ended the session has closed it.
+        """
+        if _ended_by_server(conn):
+            with suppress(psycopg.Error):
+                await conn.close()
+            new = await self._connect_reader()
+            self._readers[self._readers.index(conn)] = new
+            return new
+        if conn.info.transaction_status in _IN_TX:
+            await conn.execute("ROLLBACK")
+        return conn
+
+    def reader(self) -> AbstractAsyncContextManager[_PgSnapshot]:
+        return self._reads(transaction=False)
+
+    def snapshot(self) -> AbstractAsyncContextManager[_PgSnapshot]:
+        return self._reads(transaction=True)
+
+    @asynccontextmanager
+    async def _reads(self, *, transaction: bool) -> AsyncIterator[_PgSnapshot]:
+        """With ``transaction``, every statement inside sees one committed state.
+
+        That state is consistent for the rules' reads: a snapshot that sees the
+        counter at N sees every event <= N. The transaction that set the counter
+        to N stored its own events with it, atomically; and every writer before
+        it had committed, and was visible to new snapshots, before this one could
+        lock the counter row (a row lock is released after the commit becomes
+        visible). So a snapshot that includes the commit of N includes theirs.
+        """
+        conn = await self._pool.get()
+        try:
+            conn = await self._usable(conn)
+            if not transaction:
+                yield _PgSnapshot(conn)
+                return
+            await conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            try:
+                yield _PgSnapshot(conn)
+            finally:
+                # What was read stands; a connection left unusable is made again.
+                if conn.info.transaction_status in _IN_TX:
+                    with suppress(psycopg.Error):
+                        await conn.execute("COMMIT")
+        finally:
+            self._pool.put_nowait(conn)
+
+
+class _PgSnapshot:
+    """:class:`chatd.storage.Snapshot` on a pooled async connection."""
+
+    __slots__ = ("conn",)
+
+    def __init__(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        self.conn = conn
+
+    async def _rows(self, sql: str, args: tuple[Any, ...] = ()) -> list[Any]:
+        if _matches_nothing(args):
+            return []
+        cur = await self.conn.execute(sql, args)
+        return await cur.fetchall()
+
+    async def _row(self, sql: str, args: tuple[Any, ...]) -> Any:
+        if _matches_nothing(args):
+            return None
+        cur = await self.conn.execute(sql, args)
+        return await cur.fetchone()
+
+    async def counter(self) -> tuple[int, int]:
+        row = await self._row("SELECT seq, horizon FROM counter", ())
+        return int(row[0]), int(row[1])
+
+    async def user_by_key(self, key: str) -> UserRow | None:
+        row: UserRow | None = await self._row(
+            "SELECT id, name, pw_hash FROM users WHERE name_key = %s", (key,)
+        )
+        return row
+
+    async def user_by_token(self, token_hash: bytes, now_ms: int) -> tuple[str, str] | None:
+        row: tuple[str, str] | None = await self._row(
+            "SELECT u.id, u.name FROM tokens t JOIN users u ON u.id = t.user_id"
+            " WHERE t.hash = %s AND t.expires_ms > %s",
+            (token_hash, now_ms),
+        )
+        return row
+
+    async def channels(self) -> list[tuple[str, str]]:
+        return await self._rows("SELECT id, name FROM channels ORDER BY created_seq")
+
+    async def channel(self, channel_id: str) -> ChannelRow | None:
+        row: ChannelRow | None = await self._row(
+            "SELECT id, name, creator_id FROM channels WHERE id = %s", (channel_id,)
+        )
+        return row
+
+    async def messages(self, channel_id: str, before: int, limit: int) -> list[MessageRow]:
+        rows = await self._rows(
+            "SELECT id, seq, at_ms, sender_id, sender_name, body FROM messages"
+            " WHERE channel_id = %s AND seq < %s ORDER BY seq DESC LIMIT %s",
+            (channel_id, before, limit),
+        )
+        return [(i, seq, at_ms, uid, name, body.decode())
+                for i, seq, at_ms, uid, name, body in rows]
+
+    async def events(
+        self, after: int, upto: int, channels: frozenset[str] | None, limit: int
+    ) -> list[tuple[int, bytes]]:
+        if channels is None:
+            return await self._rows(
+                "SELECT seq, frame FROM events WHERE seq > %s AND seq <= %s"
+                " ORDER BY seq LIMIT %s",
+                (after, upto, limit),
+            )
+        return await self._rows(
+            "SELECT seq, frame FROM events WHERE seq > %s AND seq <= %s"
+            " AND channel_id = ANY(%s) ORDER BY seq LIMIT %s",
+            (after, upto, [c for c in channels if "\x00" not in c], limit),
+        )
