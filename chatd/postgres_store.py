@@ -46,7 +46,7 @@ from psycopg import conninfo
 from psycopg.pq import ConnStatus, TransactionStatus
 
 from .crypto import new_epoch
-from .exceptions import StartupError
+from .exceptions import StartupError, Unavailable
 from .sendbuffer import SendBuffer
 from .storage import ChannelRow, MessageKey, MessageRow, NonceRow, UserRow, WriteTx
 
@@ -73,6 +73,10 @@ def schema_sql() -> str:
 def _one_line(exc: BaseException) -> str:
     """A driver error as one line (libpq's messages span several)."""
     return " ".join(str(exc).split()) or type(exc).__name__
+
+
+#: what a lost connection or an unreachable server raises
+_LOST = (psycopg.OperationalError, psycopg.InterfaceError)
 
 
 def _ended_by_server(conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any]) -> bool:
@@ -522,12 +526,22 @@ class PostgresBackend:
         return result
 
     def write_here(self, fn: Callable[[WriteTx], T]) -> T:
+        """See :class:`chatd.storage.Backend`; a lost or unreachable server is
+        :class:`~chatd.exceptions.Unavailable` (the batch may or may not have
+        committed: nothing was acknowledged, and a nonce retry finds out)."""
+        try:
+            return self._write(fn)
+        except _LOST as exc:
+            raise Unavailable(f"the database is unreachable: {_one_line(exc)}") from exc
+
+    def _write(self, fn: Callable[[WriteTx], T]) -> T:
         conn = self._w
-        assert conn is not None, "open() first"
-        if _ended_by_server(conn):  # the server restarted: connect again, or raise
-            log.warning("writing connection lost; reconnecting")
-            with suppress(psycopg.Error):
-                conn.close()
+        if conn is None or _ended_by_server(conn):  # the server restarted: connect again
+            if conn is not None:
+                log.warning("writing connection lost; reconnecting")
+                with suppress(psycopg.Error):
+                    conn.close()
+                self._w = None
             conn = self._w = self._connect_writer()
         # One round trip: the transaction and the counter row, locked until it ends.
         cur = conn.execute(
@@ -601,6 +615,8 @@ class PostgresBackend:
                 if conn.info.transaction_status in _IN_TX:
                     with suppress(psycopg.Error):
                         await conn.execute("COMMIT")
+        except _LOST as exc:
+            raise Unavailable(f"the database is unreachable: {_one_line(exc)}") from exc
         finally:
             self._pool.put_nowait(conn)
 

@@ -40,7 +40,14 @@ import msgspec
 
 from . import wire
 from .crypto import new_id, new_ordered_id
-from .exceptions import Conflict, Forbidden, InternalError, NotFound, ProtocolError
+from .exceptions import (
+    Conflict,
+    Forbidden,
+    InternalError,
+    NotFound,
+    ProtocolError,
+    Unavailable,
+)
 from .ops import (
     CreateChannelOp,
     CreateUserOp,
@@ -135,6 +142,10 @@ class Rules:
         """Apply ``ops`` in one transaction on the writing thread; see the module doc."""
         try:
             return backend.write_here(lambda tx: self._batch(tx, ops, now_ms, careful=False))
+        except Unavailable:
+            # The database is out of reach: no operation can succeed alone either.
+            self.forget()
+            raise
         except Exception:
             self.forget()
             log.warning("batch of %d failed; retrying one operation at a time", len(ops))

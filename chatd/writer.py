@@ -125,6 +125,10 @@ class Writer:
                 results, events = self._store.apply_here(
                     [op for op, _ in batch], int(self._clock() * 1000)
                 )
+            except Unavailable as exc:
+                log.warning("commit of %d operations failed: %s", len(batch), exc.message)
+                loop.call_soon_threadsafe(self._failed, batch, exc)
+                continue
             except Exception:
                 log.exception("commit of %d operations failed", len(batch))
                 loop.call_soon_threadsafe(self._failed, batch)
@@ -154,7 +158,7 @@ class Writer:
                 fut.set_result(result)
 
     @staticmethod
-    def _failed(batch: _Pending) -> None:
+    def _failed(batch: _Pending, error: Unavailable | None = None) -> None:
         for _, fut in batch:
             if not fut.done():
-                fut.set_exception(Unavailable("storage failure; try again"))
+                fut.set_exception(error or Unavailable("storage failure; try again"))

@@ -52,6 +52,19 @@ class PgServer:
     admin: str
     #: the databases made so far
     created: list[str] = field(default_factory=list)
+    #: pg_ctl of a server the tests started themselves (None: someone else's server)
+    pg_ctl: list[str] | None = None
+
+    def stop(self) -> None:
+        """Stop a server of the tests' own (fast shutdown: sessions are ended)."""
+        assert self.pg_ctl is not None, "not a server the tests started"
+        subprocess.run([*self.pg_ctl, "-m", "fast", "-w", "stop"], check=True,
+                       capture_output=True, timeout=120)
+
+    def start(self) -> None:
+        assert self.pg_ctl is not None, "not a server the tests started"
+        subprocess.run([*self.pg_ctl, "-w", "-t", "60", "start"], check=True,
+                       capture_output=True, timeout=120)
 
     def url_of(self, name: str) -> str:
         """The URL of database ``name``: ``admin`` with its path replaced."""
@@ -105,23 +118,18 @@ def local_server() -> Iterator[PgServer]:
             f"-c listen_addresses='' -k {top} -c fsync=off -c synchronous_commit=on"
             " -c full_page_writes=off -c shared_buffers=32MB"
         )
-        subprocess.run(
-            _as_postgres([str(bindir / "pg_ctl"), "-D", str(data), "-l", str(top / "log"),
-                          "-o", options, "-w", "-t", "60", "start"]),
-            **run,  # type: ignore[call-overload]
-        )
+        pg_ctl = _as_postgres([str(bindir / "pg_ctl"), "-D", str(data), "-l", str(top / "log"),
+                               "-o", options])
+        subprocess.run([*pg_ctl, "-w", "-t", "60", "start"], **run)  # type: ignore[call-overload]
     except subprocess.CalledProcessError as exc:
         log = (top / "log").read_text(errors="replace") if (top / "log").exists() else ""
         shutil.rmtree(top, ignore_errors=True)
         pytest.fail(f"cannot start a test PostgreSQL: {exc}\n{exc.stdout}{exc.stderr}{log}",
                     pytrace=False)
     try:
-        yield PgServer(f"postgresql://postgres@/postgres?host={top}")
+        yield PgServer(f"postgresql://postgres@/postgres?host={top}", pg_ctl=pg_ctl)
     finally:
-        subprocess.run(
-            _as_postgres([str(bindir / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop"]),
-            capture_output=True, timeout=120,
-        )
+        subprocess.run([*pg_ctl, "-m", "fast", "-w", "stop"], capture_output=True, timeout=120)
         shutil.rmtree(top, ignore_errors=True)
 
 
