@@ -114,6 +114,10 @@ class Config:
     #: with a shared database (several nodes), how often the event tail reads the
     #: events table when no notification woke it: the latency bound of a lost one.
     tail_poll_interval: float = no_flag(0.5)
+    #: how often each node checks that the tokens of its logged-in connections
+    #: still exist: a logout (or an operator's change) on another node, or in
+    #: the database directly, reaches this node's connections within this time.
+    token_check_interval: float = no_flag(2.0)
 
     # shutdown
     drain_timeout: float = flag(

@@ -659,6 +659,13 @@ class _PgSnapshot:
         )
         return row
 
+    async def live_tokens(self, token_hashes: list[bytes], now_ms: int) -> list[bytes]:
+        rows = await self._rows(
+            "SELECT hash FROM tokens WHERE hash = ANY(%s) AND expires_ms > %s",
+            (token_hashes, now_ms),
+        )
+        return [bytes(r[0]) for r in rows]
+
     async def channels(self) -> list[tuple[str, str]]:
         return await self._rows("SELECT id, name FROM channels ORDER BY created_seq")
 

@@ -88,7 +88,7 @@ class App:
             )
         else:
             self.feed = LocalFeed(self._publish)
-        self._listener: asyncio.Task[None] | None = None
+        self._background: list[asyncio.Task[None]] = []
         self.writer = Writer(
             self.store,
             self.feed,
@@ -113,8 +113,34 @@ class App:
         if isinstance(self.feed, TailFeed):
             self.feed.cursor = seq
             self.feed.start()
-            self._listener = asyncio.create_task(self.store.backend.listen(self.feed.wake))
+            self._background.append(
+                asyncio.create_task(self.store.backend.listen(self.feed.wake)))
+        self._background.append(asyncio.create_task(self._check_tokens()))
         self.writer.start()
+
+    async def _check_tokens(self) -> None:
+        """Log out every connection whose token has ended anywhere.
+
+        A logout ends its token on this node's connections at once; this catches
+        the rest: a logout on another node, a token ended in the database by
+        other means, or one that expired. One query per interval for all the
+        node's connections, so a lost notification cannot leave a session open.
+        """
+        while True:
+            await asyncio.sleep(self.config.token_check_interval)
+            using = [(s, s.token_hash) for s in self.sessions if s.token_hash is not None]
+            if not using:
+                continue
+            try:
+                live = await self.store.live_tokens(
+                    {h for _, h in using if h is not None}, int(self.clock() * 1000))
+            except Exception as exc:  # the database is away: try again next time
+                log.warning("token check failed: %s", exc)
+                continue
+            for session, token_hash in using:
+                # Still the token that was checked: a new login meanwhile is not ended.
+                if session.token_hash == token_hash and token_hash not in live:
+                    session.log_out()
 
     @property
     def healthy(self) -> bool:
@@ -124,10 +150,10 @@ class App:
 
     async def stop(self) -> None:
         """After the writer closed: stop following the stream, close the store."""
-        if self._listener is not None:
-            self._listener.cancel()
+        for task in self._background:
+            task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await self._listener
+                await task
         if isinstance(self.feed, TailFeed):
             await self.feed.stop()
         await self.store.close()

@@ -454,6 +454,18 @@ class _SqliteSnapshot:
         )
         return tuple(rows[0]) if rows else None
 
+    async def live_tokens(self, token_hashes: list[bytes], now_ms: int) -> list[bytes]:
+        live: list[bytes] = []
+        for i in range(0, len(token_hashes), 500):  # sqlite's bound-parameter limit
+            chunk = token_hashes[i:i + 500]
+            rows = await self._rows(
+                "SELECT hash FROM tokens WHERE expires_ms > ? AND hash IN"
+                f" ({','.join('?' * len(chunk))})",
+                (now_ms, *chunk),
+            )
+            live += [bytes(r[0]) for r in rows]
+        return live
+
     async def channels(self) -> list[tuple[str, str]]:
         return await self._rows("SELECT id, name FROM channels ORDER BY created_seq")
 

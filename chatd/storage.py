@@ -169,6 +169,10 @@ class Snapshot(Protocol):
         """(id, name) of the token's user while the token has not expired."""
         ...
 
+    async def live_tokens(self, token_hashes: list[bytes], now_ms: int) -> list[bytes]:
+        """Those of ``token_hashes`` that still exist and have not expired."""
+        ...
+
     async def channels(self) -> list[tuple[str, str]]:
         """(id, name) of every channel, oldest first."""
         ...

@@ -93,6 +93,11 @@ class Store:
             row = await snap.user_by_token(token_hash, now_ms)
         return None if row is None else wire.User(*row)
 
+    async def live_tokens(self, token_hashes: set[bytes], now_ms: int) -> set[bytes]:
+        """Those of ``token_hashes`` that still log a connection in."""
+        async with self.backend.reader() as snap:
+            return set(await snap.live_tokens(sorted(token_hashes), now_ms))
+
     async def boot(self) -> tuple[int, list[wire.Channel]]:
         async with self.backend.snapshot() as snap:
             return await rules.boot(snap)

@@ -17,6 +17,7 @@ from .helpers import (
     marker,
     server_log_guard,  # noqa: F401  (autouse: no traceback in the daemon log)
     stored_log,
+    wait_for,
 )
 from .support import Daemon
 
@@ -157,3 +158,25 @@ async def test_expiry_on_three_nodes_deletes_each_message_once(
         await asyncio.sleep(1.0)
         await ws.events_until(await marker(ws, channel, "after"))
     assert sorted(deletions()) == sorted(ids), "each deletion once, not once per node"
+
+
+async def test_logout_on_one_node_ends_the_token_on_the_others(
+    make_daemon: Any, pg_url: str
+) -> None:
+    a, b = await nodes(make_daemon, pg_url, 2)
+    async with client(a.url, "alice") as wa:
+        token = wa.me["token"]
+        async with client(b.url, token=token) as wb, client(b.url, "bob") as other:
+            await wb.ok("boot")
+            await wa.ok("logout")
+
+            async def logged_out() -> bool:
+                reply = await wb.request("boot")
+                return reply["type"] == "error" and reply["code"] == "unauthorized"
+
+            await wait_for(logged_out, within=10, interval=0.2,
+                           what="the logout on node a to reach node b")
+            await other.ok("boot")  # another user's connection is untouched
+        async with client(b.url) as ws:
+            reply = await ws.request("auth", token=token)
+            assert reply["code"] == "unauthorized"

@@ -181,6 +181,12 @@ async def test_users_and_tokens(opened: OpenStore) -> None:
     await one(store, IssueTokenOp(first.id, b"b" * 32, FAR))
     await one(store, RevokeTokenOp(b"b" * 32))
     assert await store.user_by_token(b"b" * 32, 1000) is None, "revoked"
+    assert await store.live_tokens({b"a" * 32, b"b" * 32, b"c" * 32}, 4999) == {b"a" * 32}
+    assert await store.live_tokens({b"a" * 32}, 5000) == set()
+    many = {bytes([i % 256, i // 256]) * 16 for i in range(1200)}  # over sqlite's IN limit
+    for h in sorted(many)[:700]:
+        await one(store, IssueTokenOp(first.id, h, FAR))
+    assert await store.live_tokens(many, 1000) == set(sorted(many)[:700])
     assert (await store.position())[0] == 0, "accounts emit no event"
 
 

@@ -151,7 +151,7 @@ async def start(tmp_path: Path) -> AsyncIterator[Any]:
         await asyncio.wait_for(h.task, 5)
     for app in apps:
         await app.writer.close()
-        await app.store.close()
+        await app.stop()
 
 
 async def test_replies_in_command_order_whatever_finishes_first(start: Any) -> None:
