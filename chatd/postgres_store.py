@@ -325,18 +325,20 @@ class _PgTx(SendBuffer):
 
     # -- nonces
 
-    def nonce(self, user_id: str, nonce: str) -> NonceRow | None:
-        row = self.conn.execute(
-            "SELECT n.message_id, n.seq, n.at_ms, n.channel_id, n.channel_name, m.body"
+    def nonces(self, keys: list[tuple[str, str]]) -> dict[tuple[str, str], NonceRow]:
+        rows = self.conn.execute(
+            "SELECT n.user_id, n.nonce, n.message_id, n.seq, n.at_ms, n.channel_id,"
+            " n.channel_name, m.body"
             " FROM nonces n LEFT JOIN messages m ON m.id = n.message_id"
-            " WHERE n.user_id = %s AND n.nonce = %s",
-            (user_id, nonce.encode()),
-        ).fetchone()
-        if row is None:
-            return None
-        message_id, seq, at_ms, channel_id, channel_name, body = row
-        return (message_id, seq, at_ms, channel_id, channel_name,
-                None if body is None else body.decode())
+            " WHERE (n.user_id, n.nonce) IN"
+            " (SELECT * FROM unnest(%s::text[], %s::bytea[]))",
+            ([user_id for user_id, _ in keys], [nonce.encode() for _, nonce in keys]),
+        ).fetchall()
+        return {
+            (user_id, nonce.decode()): (message_id, seq, at_ms, channel_id, channel_name,
+                                        None if body is None else body.decode())
+            for user_id, nonce, message_id, seq, at_ms, channel_id, channel_name, body in rows
+        }
 
     # -- expiry
 

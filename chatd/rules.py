@@ -65,7 +65,7 @@ from .ops import (
     Sent,
     StoredUser,
 )
-from .storage import Backend, Snapshot, WriteTx
+from .storage import Backend, NonceRow, Snapshot, WriteTx
 
 log = logging.getLogger("chatd.rules")
 
@@ -73,7 +73,7 @@ log = logging.getLogger("chatd.rules")
 class _Commit:
     """The rules' state of one transaction: the seq so far, the time, the events."""
 
-    __slots__ = ("at", "at_ms", "encoder", "events", "nonces", "seq", "tx")
+    __slots__ = ("at", "at_ms", "earlier", "encoder", "events", "nonces", "seq", "tx")
 
     def __init__(self, tx: WriteTx, seq: int, at_ms: int, encoder: msgspec.json.Encoder) -> None:
         self.tx = tx
@@ -84,6 +84,8 @@ class _Commit:
         self.events: list[Published] = []
         #: (user id, nonce) -> result, for a retry that lands in the same batch as the first.
         self.nonces: dict[tuple[str, str], Sent] = {}
+        #: the batch's nonces that earlier transactions used, read once up front.
+        self.earlier: dict[tuple[str, str], NonceRow] = {}
 
     def emit(
         self,
@@ -164,6 +166,9 @@ class Rules:
             self._last_at = tx.last_event_at()
         # Timestamps never go backwards along the sequence, even if the clock does.
         c = _Commit(tx, start, max(now_ms, self._last_at), self._encoder)
+        keys = [(op.user.id, op.nonce) for op in ops if type(op) is SendOp and op.nonce is not None]
+        if keys:
+            c.earlier = tx.nonces(keys)
         results: list[Result] = []
         for op in ops:
             if careful:
@@ -247,7 +252,7 @@ class Rules:
             first = c.nonces.get((op.user.id, op.nonce))
             if first is not None:
                 return first
-            row = c.tx.nonce(op.user.id, op.nonce)
+            row = c.earlier.get((op.user.id, op.nonce))
             if row:
                 message_id, seq, at_ms, channel_id, channel_name, body = row
                 # The first ok again. If the message was deleted since, its body is

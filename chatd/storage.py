@@ -122,12 +122,15 @@ class WriteTx(Protocol):
     def insert_event(self, seq: int, at_ms: int, channel_id: str, frame: bytes) -> None: ...
 
     # -- send nonces
-    def nonce(self, user_id: str, nonce: str) -> NonceRow | None:
-        """The first send with this nonce, from an *earlier* transaction.
+    def nonces(self, keys: list[tuple[str, str]]) -> dict[tuple[str, str], NonceRow]:
+        """The first sends with these (user id, nonce) keys, from *earlier*
+        transactions; keys never used are absent.
 
-        The exception to read-your-writes: a nonce inserted in this transaction
-        may or may not be seen (sqlite buffers them). The rules remember the
-        nonces of the transaction themselves.
+        One call per batch, before its operations: a batch of sends costs one
+        lookup, not one per send (a round trip each on PostgreSQL). The
+        exception to read-your-writes: a nonce inserted in this transaction may
+        or may not be seen. The rules remember the nonces of the transaction
+        themselves.
         """
         ...
 

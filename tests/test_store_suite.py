@@ -280,6 +280,27 @@ async def test_any_text_comes_back_exactly_and_odd_ids_find_nothing(
     assert await store.user_by_name("alice\x00") is None
 
 
+async def test_a_batch_of_retries_finds_every_earlier_nonce(opened: OpenStore) -> None:
+    """One lookup for a batch's nonces, also past sqlite's parameter chunks."""
+    store = await opened()
+    me, other = await alice(store), await alice(store, "bob")
+    channel = await one(store, CreateChannelOp(me, "g", "g"))
+    first, _ = await store.apply(
+        [SendOp(me, channel.id, f"m{i}", f"n{i}") for i in range(450)], 2000)
+    assert all(isinstance(r, Sent) for r in first)
+    ops = [SendOp(u, channel.id, f"again{i}", f"n{i}")
+           for i in range(0, 900, 2) for u in (me, other)]
+    again, events = await store.apply(ops, 3000)
+    for op, result in zip(ops, again, strict=True):
+        assert isinstance(result, Sent)
+        i = int(op.nonce[1:])  # type: ignore[index]
+        if op.user == me and i < 450:
+            assert result == first[i], "an earlier nonce returns the first ok"
+        else:
+            assert result.message.body == op.body, "a new nonce makes a new message"
+    assert len(events) == len(ops) - 225
+
+
 async def test_history_pages(opened: OpenStore) -> None:
     store = await opened()
     me = await alice(store)
