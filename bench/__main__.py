@@ -169,7 +169,6 @@ def main(argv: list[str] | None = None) -> int:
                     skipped = f"PostgreSQL did not start: {str(exc).splitlines()[0]}"
             if skipped:
                 skipped = f"NODES ({nodes.TITLE}) skipped: {skipped}"
-                sc.log(skipped)
     except KeyboardInterrupt:
         sc.log("interrupted")
         return 130
@@ -182,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
           f"db on {fs_type(tmp)}"
           f"{', quick' if args.quick else ''}; {time.time() - started:.0f} s", flush=True)
     main_rows = [r for r in rows if not r.section]
-    if main_rows or not rows:
+    if main_rows:
         print(table(main_rows), flush=True)
     for section, title in ((nodes.SECTION, nodes.TITLE),):
         group = [r for r in rows if r.section == section]
