@@ -41,7 +41,7 @@ from .scenarios import (
     log,
     verdict,
 )
-from .stats import ms, percentile
+from .stats import merge, ms, percentile
 from .workers import Pool, split
 
 SECTION = "NODES"
@@ -69,15 +69,6 @@ def run_nodes(b: Bench, sqlite_s1: Row | None) -> list[Row]:
     return rows
 
 
-def _total(samples: list[dict[str, float]]) -> dict[str, float]:
-    """Several daemons' metrics added up, sample by sample."""
-    out: dict[str, float] = {}
-    for m in samples:
-        for name, value in m.items():
-            out[name] = out.get(name, 0.0) + value
-    return out
-
-
 def _s1(
     b: Bench, server: PgServer, pg: int, n: int, sqlite_s1: Row | None, one: Row | None
 ) -> tuple[Row, dict[str, Any]]:
@@ -97,7 +88,7 @@ def _s1(
             m0 = [d.metrics() for d in ds]
             rate, lat, detail = _s1_round(b, pool, ds, k, postgres=pg, label=label)
             m1 = [d.metrics() for d in ds]
-    commits = _commit_stats(_total(m0), _total(m1), sz.s1_duration)
+    commits = _commit_stats(merge(m0), merge(m1), sz.s1_duration)
     commits["per_node"] = [_commit_stats(a, z, sz.s1_duration)
                            for a, z in zip(m0, m1, strict=True)]
     p50, p99 = percentile(lat, 50), percentile(lat, 99)
@@ -175,7 +166,7 @@ def _s2_round(
     nodes' commits (all of them) in the detail."""
     m0 = [d.metrics() for d in ds]
     row = fanout_round(b, ds, sender, subs, n, rate, b.sizes.s2_duration, label, postgres=pg)
-    commits = _commit_stats(_total(m0), _total([d.metrics() for d in ds]), b.sizes.s2_duration)
+    commits = _commit_stats(merge(m0), merge([d.metrics() for d in ds]), b.sizes.s2_duration)
     dt = row.detail
     dt.update(commits)
     p99 = dt.get("cross_p99_ms")

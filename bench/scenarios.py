@@ -528,9 +528,10 @@ def fanout_round(
         cross_note = (f"; cross-node ({sum(cross.values())} deliveries): p50 {ms(c50)} ms, "
                       f"p99 {ms(c99)} ms, max {detail['cross_max_ms']} ms")
     # The CPU window is the sending window: count the deliveries it carried.
-    cost = daemon_cost(detail, per_s * duration, "delivery")
+    who = "daemons (summed)" if len(ds) > 1 else "daemon"
+    cost = daemon_cost(detail, per_s * duration, "delivery", who=who)
     note = (f"p50 {ms(p50)} ms, p99 {ms(p99)} ms, max {ms(worst)} ms{cross_note}; "
-            f"{complete}/{n} complete and in order; {cost}; " + cpu_note(cpu))
+            f"{complete}/{n} complete and in order; {cost}; " + cpu_note(cpu, who=who))
     log(f"{label}: {per_s:.0f} deliveries/s; {note}")
     return Row(label, per_s, "deliveries/s", note=note, detail=detail)
 
