@@ -21,10 +21,13 @@ import tempfile
 import time
 from pathlib import Path
 
+from tests.pg_cluster import ClusterError
+
+from . import nodes
 from . import scenarios as sc
 from .workers import loop_name, raise_nofile
 
-SCENARIOS = ("CEILING", "S1", "S2", "S2-MAX", "S3", "S4")
+SCENARIOS = ("CEILING", "S1", "S2", "S2-MAX", "S3", "S4", "NODES")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -32,7 +35,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--only", default="",
                    help="comma-separated scenarios to run, of " + ",".join(SCENARIOS)
                    + " (default: all; S1 runs the ceiling too, around each of its runs,"
-                   " and ends with its floor)")
+                   " and ends with its floor; NODES, several daemons on a throwaway"
+                   " PostgreSQL, is skipped with a line saying why when there is none)")
     p.add_argument("--quick", action="store_true",
                    help="small sizes and short durations: a smoke run under a minute")
     p.add_argument("--s1-k", default="", metavar="K,K,...",
@@ -139,6 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.time()
     rows: list[sc.Row] = []
     only = args.only
+    skipped = ""
     try:
         if "S1" in only:
             s1 = sc.run_s1(b)
@@ -153,6 +158,17 @@ def main(argv: list[str] | None = None) -> int:
             emit(rows, sc.run_s3(b))
         if "S4" in only:
             emit(rows, sc.run_s4(b))
+        if "NODES" in only:
+            skipped = nodes.unavailable() or ""
+            if not skipped:
+                k = f"S1 K={b.sizes.nodes_k}"
+                try:
+                    emit(rows, nodes.run_nodes(b, next((r for r in rows if r.scenario == k),
+                                                       None)))
+                except ClusterError as exc:
+                    skipped = f"PostgreSQL did not start: {str(exc).splitlines()[0]}"
+            if skipped:
+                skipped = f"NODES ({nodes.TITLE}) skipped: {skipped}"
     except KeyboardInterrupt:
         sc.log("interrupted")
         return 130
@@ -164,7 +180,16 @@ def main(argv: list[str] | None = None) -> int:
           f"websockets {info['websockets']}, load generator {args.client} client on {loop}, "
           f"db on {fs_type(tmp)}"
           f"{', quick' if args.quick else ''}; {time.time() - started:.0f} s", flush=True)
-    print(table(rows), flush=True)
+    main_rows = [r for r in rows if not r.section]
+    if main_rows:
+        print(table(main_rows), flush=True)
+    for section, title in ((nodes.SECTION, nodes.TITLE),):
+        group = [r for r in rows if r.section == section]
+        if group:
+            print(f"\n{section}: {title}", flush=True)
+            print(table(group), flush=True)
+    if skipped:
+        print("\n" + skipped, flush=True)
     if b.warnings:
         print("\nTHE DAEMON LOGGED (warnings, errors, tracebacks; first lines):", flush=True)
         for w in b.warnings:

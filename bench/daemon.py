@@ -21,13 +21,35 @@ SERVE_ARGS = [
 ]
 
 
-def proc_cpu(pid: int) -> float:
-    """user + system CPU seconds of a process (all its threads) from /proc/PID/stat."""
+def _stat(pid: int) -> list[str]:
+    """The fields of /proc/PID/stat after the command name: state, ppid, ..."""
     with open(f"/proc/{pid}/stat") as f:
         stat = f.read()
     # The command name may contain spaces; fields after it are space separated.
-    fields = stat[stat.rindex(")") + 2:].split()
+    return stat[stat.rindex(")") + 2:].split()
+
+
+def proc_cpu(pid: int) -> float:
+    """user + system CPU seconds of a process (all its threads) from /proc/PID/stat."""
+    fields = _stat(pid)
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def tree_cpu(pid: int) -> float:
+    """CPU seconds of a process and of its children, the live ones (found by a scan
+    of /proc) and the ones it has reaped (cutime, cstime): the PostgreSQL server,
+    whose backends are children of the postmaster."""
+    ticks = sum(int(x) for x in _stat(pid)[11:15])
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            fields = _stat(int(entry))
+        except (OSError, ValueError):  # it exited meanwhile
+            continue
+        if int(fields[1]) == pid:
+            ticks += sum(int(x) for x in fields[11:15])
+    return ticks / CLK_TCK
 
 
 def machine_busy() -> float:
@@ -48,12 +70,13 @@ def proc_rss(pid: int) -> int:
 
 
 class Daemon(ServerProcess):
-    """One chatd on a fresh database file, on an ephemeral port, run from the
-    repository. :attr:`log` keeps its startup lines; of the rest (every connection
-    logs its open and close at INFO), :attr:`errors` keeps the first warnings,
-    errors and traceback lines."""
+    """One chatd on a database (a sqlite file, or a postgresql:// URL that other
+    nodes may share), on an ephemeral port, run from the repository. :attr:`log`
+    keeps its startup lines; of the rest (every connection logs its open and
+    close at INFO), :attr:`errors` keeps the first warnings, errors and
+    traceback lines."""
 
-    def __init__(self, db: Path, extra: list[str] | None = None) -> None:
+    def __init__(self, db: str | Path, extra: list[str] | None = None) -> None:
         path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)
         super().__init__({"PYTHONPATH": path}, cwd=REPO, on_line=self._line)
         self.db = db

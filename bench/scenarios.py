@@ -20,7 +20,7 @@ from typing import Any
 import msgspec
 import websockets
 
-from .daemon import REPO, Daemon, EchoServer, machine_busy
+from .daemon import REPO, Daemon, EchoServer, machine_busy, tree_cpu
 from .stats import hist_percentiles, merge, ms, percentile
 from .workers import Pool, split
 
@@ -46,6 +46,9 @@ class Sizes:
     sender_workers: int = 2
     sub_workers: int = 4
     body: int = 64
+    #: NODES: S1's K (split over the nodes) and S2's (N subscribers, msg/s a sender)
+    nodes_k: int = 64
+    nodes_s2: tuple[int, int] = (100, 200)
 
 
 FULL = Sizes()
@@ -68,12 +71,15 @@ class Row:
     ratio: float | None = None  # of the sqlite ceiling measured in the same run
     note: str = ""
     detail: dict[str, Any] = field(default_factory=dict)
+    #: a group of rows with a table of its own ("NODES"); "" for the main table
+    section: str = ""
 
     def json(self) -> str:
         out = {"scenario": self.scenario, "figure": _round(self.figure), "unit": self.unit,
                "target": self.target, "status": self.status,
                "ceiling_ratio": None if self.ratio is None else round(self.ratio, 3),
-               "note": self.note, **self.detail}
+               "note": self.note, **({"section": self.section} if self.section else {}),
+               **self.detail}
         return msgspec.json.encode(_finite(out)).decode()
 
 
@@ -117,17 +123,41 @@ class Bench:
 
     @contextlib.contextmanager
     def daemon(self, name: str) -> Iterator[tuple[Daemon, dict[str, Any]]]:
-        """A fresh daemon, one logged-in user and one channel; profiled if asked."""
+        """A fresh daemon on a new sqlite file, one logged-in user and one channel;
+        profiled if asked."""
         self._n += 1
         db = self.tmp / f"{self._n:02d}-{name}.db"
+        try:
+            with self.nodes(name, db, 1) as (ds, params):
+                yield ds[0], params[0]
+        finally:
+            for suffix in ("", "-wal", "-shm"):
+                with contextlib.suppress(FileNotFoundError):
+                    Path(str(db) + suffix).unlink()
+
+    @contextlib.contextmanager
+    def nodes(
+        self, name: str, db: str | Path, n: int
+    ) -> Iterator[tuple[list[Daemon], list[dict[str, Any]]]]:
+        """``n`` daemons on one database (several: a PostgreSQL URL), one user
+        logged in and one channel created on the first; the workers' params for
+        each. Daemons are named ``name-A``, ``name-B``... (``name`` if one)."""
+        with contextlib.ExitStack() as stack:
+            names = [name] if n == 1 else [f"{name}-{chr(65 + i)}" for i in range(n)]
+            ds = [stack.enter_context(self._running(x, db)) for x in names]
+            common = asyncio.run(setup(ds[0].host, ds[0].port))
+            yield ds, [{**common, "host": d.host, "port": d.port, "client": self.client,
+                        "loop": self.loop, "body": self.sizes.body} for d in ds]
+
+    @contextlib.contextmanager
+    def _running(self, name: str, db: str | Path) -> Iterator[Daemon]:
+        """One daemon, profiled if asked; after it stops, whether it died and what
+        it logged are recorded."""
         d = Daemon(db)
         d.start()
         spy = self._spy(d, name)
         try:
-            params = asyncio.run(setup(d.host, d.port))
-            params.update(host=d.host, port=d.port, client=self.client, loop=self.loop,
-                          body=self.sizes.body)
-            yield d, params
+            yield d
         finally:
             if spy is not None:
                 spy.send_signal(signal.SIGINT)
@@ -141,9 +171,6 @@ class Bench:
                 log(f"{name}: daemon logged {len(d.errors)} warning/error lines, first: "
                     + " | ".join(d.errors[:5]))
                 self.warnings += [f"{name}: {line}" for line in d.errors[:10]]
-            for suffix in ("", "-wal", "-shm"):
-                with contextlib.suppress(FileNotFoundError):
-                    Path(str(db) + suffix).unlink()
 
     def _spy(self, d: Daemon, name: str) -> subprocess.Popen[bytes] | None:
         if self.profile_dir is None:
@@ -180,30 +207,41 @@ async def setup(host: str, port: int) -> dict[str, Any]:
 
 
 class Window:
-    """CPU used by the daemon and by the whole machine over a stretch of wall time."""
+    """CPU used by the daemons (summed), by the PostgreSQL server if ``postgres``
+    (its postmaster's pid) and by the whole machine over a stretch of wall time."""
 
-    def __init__(self, d: Daemon) -> None:
-        self.d = d
-        self.t0, self.d0, self.m0 = time.time(), d.cpu(), machine_busy()
-        self.t1, self.d1, self.m1 = self.t0, self.d0, self.m0
+    def __init__(self, *ds: Daemon, postgres: int | None = None) -> None:
+        self.ds = ds
+        self.postgres = postgres
+        self.t0, self.d0, self.p0, self.m0 = self._now()
+        self.t1, self.d1, self.p1, self.m1 = self.t0, self.d0, self.p0, self.m0
+
+    def _now(self) -> tuple[float, float, float, float]:
+        pg = 0.0 if self.postgres is None else tree_cpu(self.postgres)
+        return time.time(), sum(d.cpu() for d in self.ds), pg, machine_busy()
 
     def end(self) -> Window:
-        self.t1, self.d1, self.m1 = time.time(), self.d.cpu(), machine_busy()
+        self.t1, self.d1, self.p1, self.m1 = self._now()
         return self
 
     def detail(self, workers: list[dict[str, Any]]) -> dict[str, Any]:
-        """Daemon CPU next to each load-generator process's CPU, as cores busy, and
-        what the rest of the machine used meanwhile (other jobs share it)."""
+        """Daemon CPU next to each load-generator process's CPU (and PostgreSQL's),
+        as cores busy, and what the rest of the machine used meanwhile (other jobs
+        share it)."""
         wall = max(1e-9, self.t1 - self.t0)
         gen = [round(w["cpu"] / w["wall"], 2) if w["wall"] > 0 else None for w in workers]
         daemon = (self.d1 - self.d0) / wall
         loadgen = sum(w["cpu"] for w in workers) / wall
+        pg = (self.p1 - self.p0) / wall
         machine = (self.m1 - self.m0) / wall
-        return {"daemon_cpu_s": round(self.d1 - self.d0, 3),
-                "daemon_cores": round(daemon, 2), "loadgen_cores": gen,
-                "loadgen_cores_total": round(loadgen, 2),
-                "machine_busy_cores": round(machine, 2),
-                "other_cores": round(max(0.0, machine - daemon - loadgen), 2)}
+        out = {"daemon_cpu_s": round(self.d1 - self.d0, 3),
+               "daemon_cores": round(daemon, 2), "loadgen_cores": gen,
+               "loadgen_cores_total": round(loadgen, 2),
+               "machine_busy_cores": round(machine, 2),
+               "other_cores": round(max(0.0, machine - daemon - loadgen - pg), 2)}
+        if self.postgres is not None:
+            out.update(postgres_cpu_s=round(self.p1 - self.p0, 3), postgres_cores=round(pg, 2))
+        return out
 
 
 def daemon_cost(detail: dict[str, Any], units: float, name: str, who: str = "daemon") -> str:
@@ -215,13 +253,20 @@ def daemon_cost(detail: dict[str, Any], units: float, name: str, who: str = "dae
         return f"{who} CPU per {name}: window too short to tell"
     us = 1e6 * cpu / units
     detail[f"daemon_us_per_{name}"] = round(us, 1)
-    return f"{who} {us:.1f} µs CPU per {name}"
+    note = f"{who} {us:.1f} µs CPU per {name}"
+    if "postgres_cpu_s" in detail:
+        pg = 1e6 * detail["postgres_cpu_s"] / units
+        detail[f"postgres_us_per_{name}"] = round(pg, 1)
+        note += f", PostgreSQL {pg:.1f} µs"
+    return note
 
 
 def cpu_note(detail: dict[str, Any], who: str = "daemon") -> str:
     gen = [g for g in detail["loadgen_cores"] if g is not None]
     busiest = max(gen) if gen else float("nan")
-    return (f"{who} {detail['daemon_cores']:.2f} cores, load gen "
+    pg = (f", PostgreSQL {detail['postgres_cores']:.2f}" if "postgres_cores" in detail
+          else "")
+    return (f"{who} {detail['daemon_cores']:.2f} cores{pg}, load gen "
             f"{detail['loadgen_cores_total']:.2f} (busiest process {busiest:.2f}), "
             f"other jobs {detail['other_cores']:.2f}")
 
@@ -312,7 +357,7 @@ def run_s1(b: Bench) -> list[Row]:
             before = ceiling_slice(b)
             for k in sz.s1_ks:
                 m0 = d.metrics()
-                rate, lat, detail = _s1_round(b, pool, d, k)
+                rate, lat, detail = _s1_round(b, pool, [d], k)
                 detail.update(_commit_stats(m0, d.metrics(), sz.s1_duration))
                 p50, p99 = percentile(lat, 50), percentile(lat, 99)
                 after = ceiling_slice(b)
@@ -350,7 +395,7 @@ def s1_floor(b: Bench, k: int, ceiling: float) -> Row:
         per = split(k, sz.sender_workers)
         with Pool("senders", [{**params, "conns": n} for n in per]) as pool:
             pool.gather(120, "ready")
-            rate, lat, detail = _s1_round(b, pool, echo, k)
+            rate, lat, detail = _s1_round(b, pool, [echo], k)
     finally:
         echo.stop()
     p50, p99 = percentile(lat, 50), percentile(lat, 99)
@@ -364,24 +409,26 @@ def s1_floor(b: Bench, k: int, ceiling: float) -> Row:
 
 
 def _s1_round(
-    b: Bench, pool: Pool, server: Daemon, k: int
+    b: Bench, pool: Pool, servers: list[Daemon], k: int, postgres: int | None = None,
+    label: str = "",
 ) -> tuple[float, list[float], dict[str, Any]]:
     """k of the pool's connections send in a closed loop for s1_duration:
-    (acks/s, sorted latencies, CPU detail)."""
+    (acks/s, sorted latencies, CPU detail: ``servers`` summed, and PostgreSQL's
+    if ``postgres`` is its postmaster's pid)."""
     sz = b.sizes
     use = split(k, sz.sender_workers)
     t_start = time.time() + 0.5
     for w, u in zip(pool.workers, use, strict=True):
         w.send("go", u, t_start, sz.s1_duration)
     wait_until(t_start)
-    win = Window(server)
+    win = Window(*servers, postgres=postgres)
     wait_until(t_start + sz.s1_duration)
     win.end()
     results = pool.gather(sz.s1_duration + 120, "done")
     active = [r for r, u in zip(results, use, strict=True) if u]
     for r in results:
         for e in r["errors"]:
-            b.failures.append(f"S1 K={k}: {e}")
+            b.failures.append(f"{label or f'S1 K={k}'}: {e}")
     lat = sorted(x for r in results for x in r["latencies"])
     p50, p99 = percentile(lat, 50), percentile(lat, 99)
     detail = {"k": k, "acks": len(lat), "p50_ms": ms(p50), "p99_ms": ms(p99),
@@ -400,6 +447,7 @@ def _commit_stats(m0: dict[str, float], m1: dict[str, float], wall: float) -> di
         return {}
     return {
         "commits": int(commits),
+        "commits_per_s": round(commits / wall, 1),
         "mean_batch": round(delta("chatd_commit_batch_size_sum") / commits, 1),
         "mean_commit_ms": round(1000 * delta("chatd_commit_seconds_sum")
                                 / max(1.0, delta("chatd_commit_seconds_count")), 2),
@@ -411,27 +459,33 @@ def _commit_stats(m0: dict[str, float], m1: dict[str, float], wall: float) -> di
 
 
 def fanout_round(
-    b: Bench, d: Daemon, sender: Pool, subs: Pool, n: int, rate: int, duration: float,
-    label: str,
+    b: Bench, d: Daemon | list[Daemon], sender: Pool, subs: Pool, n: int, rate: int,
+    duration: float, label: str, postgres: int | None = None,
 ) -> Row:
-    """One sender at ``rate`` for ``duration`` to ``n`` subscribers; checks delivery.
+    """Each of the ``sender`` pool's senders at ``rate`` for ``duration`` to ``n``
+    subscribers; checks delivery. Several senders (and daemons, whose CPU is
+    summed: nodes of one database) make one stream: every subscriber must see
+    all their acknowledged seqs, in seq order.
 
     A subscriber that saw events out of order, or that is still open and has not
     seen every acknowledged event a minute after the last ack, is a correctness
     failure. One the server closed (4000, too slow) only fails the round.
     """
+    ds = d if isinstance(d, list) else [d]
     subs.broadcast("round")
     subs.gather(60, "ok")
     t_start = time.time() + 0.3
     sender.broadcast("go", t_start, duration, rate)
     wait_until(t_start)
-    win = Window(d)
+    win = Window(*ds, postgres=postgres)
     wait_until(t_start + duration)
     win.end()
-    (sent,) = sender.gather(duration + 120, "done")
-    expected = sent["acked"]
-    for e in sent["errors"]:
-        b.failures.append(f"{label}: sender: {e}")
+    senders = sender.gather(duration + 120, "done")
+    expected = sorted(seq for sent in senders for seq in sent["acked"])
+    for sent in senders:
+        for e in sent["errors"]:
+            b.failures.append(f"{label}: sender: {e}")
+    sent_n = sum(sent["sent"] for sent in senders)
     subs.broadcast("check", expected, 60.0)
     checks = subs.gather(180, "done")
     hist = merge(c["hist"] for c in checks)
@@ -447,26 +501,37 @@ def fanout_round(
     problems = [f for c in checks for f in c["failures"]]
     for c in checks:
         problems += [f"unparsable event {x}" for x in c["bad_frames"]]
-    all_in_order = complete == n and ordered and len(expected) == sent["sent"]
+    all_in_order = complete == n and ordered and len(expected) == sent_n
     if not ordered or complete + closed < n:
         for p in problems[:5]:
             b.failures.append(f"{label}: {p}")
         if not problems:
             b.failures.append(f"{label}: events out of order")
-    cpu = win.detail([*checks, sent])
-    achieved = sent["sent"] / sent["send_wall"] if sent["send_wall"] else 0.0
+    cpu = win.detail([*checks, *senders])
+    achieved = sum(sent["sent"] / sent["send_wall"] for sent in senders if sent["send_wall"])
     detail = {
-        "subscribers": n, "rate": rate, "achieved_rate": round(achieved, 1),
-        "sent": sent["sent"], "acked": len(expected), "deliveries": deliveries,
+        "subscribers": n, "rate": rate * len(senders), "senders": len(senders),
+        "achieved_rate": round(achieved, 1),
+        "sent": sent_n, "acked": len(expected), "deliveries": deliveries,
         "expected_deliveries": len(expected) * n,
         "p50_ms": ms(p50), "p99_ms": ms(p99), "max_ms": ms(worst),
         "complete_subscribers": complete, "closed_4000": closed,
         "all_delivered_in_order": all_in_order, "problems": problems[:5], **cpu,
     }
+    cross = merge(c["hist_cross"] for c in checks)
+    cross_note = ""
+    if cross:
+        c50, c99 = hist_percentiles(cross, (50, 99))
+        detail.update(cross_deliveries=sum(cross.values()), cross_p50_ms=ms(c50),
+                      cross_p99_ms=ms(c99),
+                      cross_max_ms=ms(max(c["max_cross"] for c in checks)))
+        cross_note = (f"; cross-node ({sum(cross.values())} deliveries): p50 {ms(c50)} ms, "
+                      f"p99 {ms(c99)} ms, max {detail['cross_max_ms']} ms")
     # The CPU window is the sending window: count the deliveries it carried.
-    cost = daemon_cost(detail, per_s * duration, "delivery")
-    note = (f"p50 {ms(p50)} ms, p99 {ms(p99)} ms, max {ms(worst)} ms; "
-            f"{complete}/{n} complete and in order; {cost}; " + cpu_note(cpu))
+    who = "daemons (summed)" if len(ds) > 1 else "daemon"
+    cost = daemon_cost(detail, per_s * duration, "delivery", who=who)
+    note = (f"p50 {ms(p50)} ms, p99 {ms(p99)} ms, max {ms(worst)} ms{cross_note}; "
+            f"{complete}/{n} complete and in order; {cost}; " + cpu_note(cpu, who=who))
     log(f"{label}: {per_s:.0f} deliveries/s; {note}")
     return Row(label, per_s, "deliveries/s", note=note, detail=detail)
 

@@ -9,8 +9,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Sequence
+from typing import TypeVar
 
 BUCKET = 1e-5  # seconds per histogram bucket
+
+K = TypeVar("K")
+N = TypeVar("N", int, float)
 
 
 def percentile(sorted_values: Sequence[float], q: float) -> float:
@@ -21,9 +25,10 @@ def percentile(sorted_values: Sequence[float], q: float) -> float:
     return sorted_values[rank - 1]
 
 
-def merge(hists: Iterable[dict[int, int]]) -> dict[int, int]:
-    out: dict[int, int] = {}
-    for h in hists:
+def merge(counts: Iterable[dict[K, N]]) -> dict[K, N]:
+    """Dicts of counts added up key by key: histograms, or several daemons' metrics."""
+    out: dict[K, N] = {}
+    for h in counts:
         for k, v in h.items():
             out[k] = out.get(k, 0) + v
     return out

@@ -11,9 +11,12 @@ bottleneck.
 Roles:
 
 * ``senders``  S1: closed-loop senders, each sends as soon as its previous ok came.
-* ``paced``    S2: one sender at a fixed rate, with ``time.time()`` in each body.
+* ``paced``    S2: one sender at a fixed rate, with ``time.time()`` in each body
+  (and ``@ORIGIN``, the node it sends to, when its params name one).
 * ``subs``     S2/S4: N subscribed connections; per round they record each event's
-  seq and end-to-end latency, and check the seqs against the sender's acks.
+  seq and end-to-end latency, and check the seqs against the sender's acks. With
+  a ``node`` param, events sent to another node (``@ORIGIN``) also go into a
+  histogram of their own: cross-node latency.
 * ``fill``     S3: pipelined sends to store many events fast.
 * ``replay``   S3: subscribe since=0 and time the replay.
 """
@@ -204,6 +207,7 @@ async def role_paced(ctl: Ctl, params: dict[str, Any]) -> None:
     (conn,) = await open_conns(params, 1)
     ctl.send("ready", 1)
     channel, size = params["channel"], params["body"]
+    origin = f"@{params['origin']} " if params.get("origin") else ""
     acked: list[int] = []
     errors: list[str] = []
     replies = sent = 0
@@ -246,7 +250,7 @@ async def role_paced(ctl: Ctl, params: dict[str, Any]) -> None:
             for _ in range(due):
                 ref += 1
                 sent += 1
-                body = padded(f"{time.time():.6f} ", size)
+                body = padded(f"{time.time():.6f} {origin}", size)
                 conn.send_text(encode({"op": "send", "ref": ref, "channel": channel,
                                        "body": body}))
             await sleep_until(t_start + sent / rate)
@@ -285,6 +289,9 @@ class _Round:
     def __init__(self) -> None:
         self.hist: dict[int, int] = {}
         self.max_latency = 0.0
+        #: of the events sent to another node than the subscriber's
+        self.hist_cross: dict[int, int] = {}
+        self.max_cross = 0.0
         self.deliveries = 0
         self.first_rx = 0.0
         self.last_rx = 0.0
@@ -296,6 +303,7 @@ class _Round:
 async def role_subs(ctl: Ctl, params: dict[str, Any]) -> None:
     subs: list[_SubState] = []
     rnd = _Round()
+    here = f"@{params['node']} " if params.get("node") else ""
 
     def handler(st: _SubState) -> Callable[[bytes, float], None]:
         conn = st.conn
@@ -318,8 +326,9 @@ async def role_subs(ctl: Ctl, params: dict[str, Any]) -> None:
             r.last_rx = now
             message = frame.message
             if isinstance(message, _EventMsg) and message.body:
+                stamp, _, rest = message.body.partition(" ")
                 try:
-                    latency = now - float(message.body.partition(" ")[0])
+                    latency = now - float(stamp)
                 except ValueError:
                     if len(r.bad_frames) < 3:
                         r.bad_frames.append(payload[:200].decode(errors="replace"))
@@ -328,6 +337,10 @@ async def role_subs(ctl: Ctl, params: dict[str, Any]) -> None:
                 r.hist[key] = r.hist.get(key, 0) + 1
                 if latency > r.max_latency:
                     r.max_latency = latency
+                if here and rest[:1] == "@" and not rest.startswith(here):
+                    r.hist_cross[key] = r.hist_cross.get(key, 0) + 1
+                    if latency > r.max_cross:
+                        r.max_cross = latency
 
         return on_message
 
@@ -396,6 +409,7 @@ async def _check(
         "subs": len(subs), "complete": complete, "closed": closed, "failures": failures,
         "ordered": all(_increasing(st.seqs) for st in subs),
         "hist": rnd.hist, "max_latency": rnd.max_latency, "deliveries": rnd.deliveries,
+        "hist_cross": rnd.hist_cross, "max_cross": rnd.max_cross,
         "first_rx": rnd.first_rx, "last_rx": rnd.last_rx, "bad_frames": rnd.bad_frames,
         "cpu": cpu_now() - rnd.cpu0, "wall": time.time() - rnd.wall0,
     }
