@@ -5,7 +5,7 @@ A send adds an event, a message, maybe a nonce, and moves its channel's
 activity time. Written one statement each, a batch of sends costs a few
 statements per send; held here, it costs one bulk write per table when the
 backend next runs another statement or commits (which :mod:`chatd.storage`
-allows, with its one exception at :meth:`~chatd.storage.WriteTx.nonce`).
+allows, with its one exception at :meth:`~chatd.storage.WriteTx.nonces`).
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ that holds the global counter for its whole length (sqlite: ``BEGIN IMMEDIATE``;
 PostgreSQL: the counter row locked ``FOR UPDATE``), runs the function, and
 commits; if the function raises, it rolls back and re-raises. Within one
 transaction every read sees every row written earlier in it, with one
-exception stated at :meth:`WriteTx.nonce`. A backend may buffer inserts and
+exception stated at :meth:`WriteTx.nonces`. A backend may buffer inserts and
 write them in bulk (sqlite does, with one ``executemany`` per table) as long as
 that rule holds.
 

@@ -28,6 +28,13 @@ async def nodes(make_daemon: Any, url: str, n: int, *args: str) -> list[Daemon]:
     return [await make_daemon(*FAST, *args, db=url) for _ in range(n)]
 
 
+async def alice_in_general(url: str) -> tuple[str, str]:
+    """Log alice in and create #general: her token and the channel id."""
+    async with client(url, "alice") as ws:
+        channel = (await ws.ok("create_channel", name="general"))["channel"]["id"]
+        return ws.me["token"], channel
+
+
 async def send_many(url: str, token: str, channel: str, n: int, tag: str) -> list[dict[str, Any]]:
     """``n`` sends, one after another on one connection; their messages."""
     async with client(url, token=token) as ws:
@@ -37,9 +44,7 @@ async def send_many(url: str, token: str, channel: str, n: int, tag: str) -> lis
 
 async def test_three_nodes_one_stream(make_daemon: Any, pg_url: str) -> None:
     ds = await nodes(make_daemon, pg_url, 3)
-    async with client(ds[0].url, "alice") as ws:
-        token = ws.me["token"]
-        channel = (await ws.ok("create_channel", name="general"))["channel"]["id"]
+    token, channel = await alice_in_general(ds[0].url)
     async with contextlib.AsyncExitStack() as stack:
         subscribers = []
         for d in ds:
@@ -74,11 +79,9 @@ async def _three_nodes(ds: list[Daemon], token: str, channel: str, pumps: list[P
 
 async def test_resume_on_another_node(make_daemon: Any, pg_url: str) -> None:
     a, b, c = await nodes(make_daemon, pg_url, 3)
-    async with client(a.url, "alice") as ws:
-        token = ws.me["token"]
-        channel = (await ws.ok("create_channel", name="general"))["channel"]["id"]
-        epoch = (await ws.ok("boot"))["epoch"]
+    token, channel = await alice_in_general(a.url)
     async with client(a.url, token=token) as ws:
+        epoch = (await ws.ok("boot"))["epoch"]
         await ws.ok("subscribe", since=0)
         seen_upto = await marker(ws, channel, "before")
         seen = await ws.events_until(seen_upto)
@@ -95,9 +98,7 @@ async def test_resume_on_another_node(make_daemon: Any, pg_url: str) -> None:
 
 async def test_one_nonce_on_two_nodes_makes_one_message(make_daemon: Any, pg_url: str) -> None:
     a, b = await nodes(make_daemon, pg_url, 2)
-    async with client(a.url, "alice") as ws:
-        token = ws.me["token"]
-        channel = (await ws.ok("create_channel", name="general"))["channel"]["id"]
+    token, channel = await alice_in_general(a.url)
     async with contextlib.AsyncExitStack() as stack:
         conns = [await stack.enter_async_context(client(d.url, token=token))
                  for d in (a, b, a, b)]
@@ -113,9 +114,7 @@ async def test_sigkill_of_a_node_under_load_loses_no_acknowledged_send(
     make_daemon: Any, pg_url: str
 ) -> None:
     a, b = await nodes(make_daemon, pg_url, 2)
-    async with client(b.url, "alice") as ws:
-        token = ws.me["token"]
-        channel = (await ws.ok("create_channel", name="general"))["channel"]["id"]
+    token, channel = await alice_in_general(b.url)
     acked: list[str] = []
 
     async def sender(tag: str) -> None:
