@@ -4,7 +4,7 @@ and threads only; what the rows mean is :mod:`chatd.rules`'.
 The driver is psycopg 3, not asyncpg: the rules run synchronously on one
 writing thread (the group-commit writer hands a whole batch to that thread), so
 the writer needs a synchronous connection; psycopg 3 has one, and an
-:class:`~psycopg.AsyncConnection` for the reads (and, later, LISTEN) in the
+:class:`~psycopg.AsyncConnection` for the reads and LISTEN in the
 event loop: one library, one set of types and errors for both.
 
 Writes run on one dedicated thread that owns the writing connection. A batch is
@@ -16,14 +16,16 @@ rows of every writer before it. The counter is that row, incremented in the
 transaction that stores the events, not a SEQUENCE: sequence values are handed
 out before commit, so a reader could see seq 11 committed before 10. Rows that
 sends add are buffered and written, with the counter and the ``COMMIT``, in one
-pipeline: a batch of sends costs two round trips, plus one per send with a
-nonce (its lookup). ``synchronous_commit = on``: a commit that returned is on
+pipeline: a batch of sends costs two round trips, plus one for the nonces of
+the batch's sends that carry one (looked up together). ``synchronous_commit = on``: a commit that returned is on
 the server's disk (and its synchronous standbys', if it has any) before the
 ack.
 
 Reads use a small pool of async connections: :meth:`PostgresBackend.snapshot`
 is a ``REPEATABLE READ READ ONLY`` transaction, :meth:`PostgresBackend.reader`
-one statement without one.
+one statement without one. A server that cannot be reached, or a connection it
+dropped, is :class:`~chatd.exceptions.Unavailable` for that call; the next one
+connects again.
 
 Deleted rows: sqlite's ``secure_delete`` has no PostgreSQL equivalent. A deleted
 message's body stays in its table page (and in the WAL, and in backups) until
