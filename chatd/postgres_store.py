@@ -17,9 +17,9 @@ transaction that stores the events, not a SEQUENCE: sequence values are handed
 out before commit, so a reader could see seq 11 committed before 10. Rows that
 sends add are buffered and written, with the counter and the ``COMMIT``, in one
 pipeline: a batch of sends costs two round trips, plus one for the nonces of
-the batch's sends that carry one (looked up together). ``synchronous_commit = on``: a commit that returned is on
-the server's disk (and its synchronous standbys', if it has any) before the
-ack.
+the batch's sends that carry one (looked up together).
+``synchronous_commit = on``: a commit that returned is on the server's disk
+(and its synchronous standbys', if it has any) before the ack.
 
 Reads use a small pool of async connections: :meth:`PostgresBackend.snapshot`
 is a ``REPEATABLE READ READ ONLY`` transaction, :meth:`PostgresBackend.reader`
@@ -35,6 +35,7 @@ VACUUM reuses the space; autovacuum does so eventually, ``VACUUM`` sooner.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import select
 from collections.abc import AsyncIterator, Callable
@@ -50,7 +51,8 @@ from psycopg.pq import ConnStatus, TransactionStatus
 from .crypto import new_epoch
 from .exceptions import StartupError, Unavailable
 from .sendbuffer import SendBuffer
-from .storage import ChannelRow, MessageKey, MessageRow, NonceRow, UserRow, WriteTx
+from .sqlrows import RowStatements
+from .storage import ChannelRow, MessageRow, NonceRow, UserRow, WriteTx
 
 T = TypeVar("T")
 
@@ -128,6 +130,12 @@ def _columns(rows: list[tuple[Any, ...]]) -> list[list[Any]]:
     return [list(column) for column in zip(*rows, strict=True)]
 
 
+@functools.lru_cache(maxsize=256)
+def _placeholders(sql: str) -> str:
+    """``?`` placeholders (the statements shared with sqlite) as psycopg's ``%s``."""
+    return sql.replace("?", "%s")
+
+
 def _matches_nothing(args: tuple[Any, ...]) -> bool:
     """Whether a lookup by these values can find no row: a text with NUL.
 
@@ -138,7 +146,7 @@ def _matches_nothing(args: tuple[Any, ...]) -> bool:
     return any(isinstance(a, str) and "\x00" in a for a in args)
 
 
-class _PgTx(SendBuffer):
+class _PgTx(SendBuffer, RowStatements):
     """:class:`chatd.storage.WriteTx` on the writing connection, in a transaction
     whose counter row is already locked.
 
@@ -204,7 +212,11 @@ class _PgTx(SendBuffer):
             self._stored_seq = self._seq
 
     def _run(self, sql: str, args: tuple[Any, ...] = ()) -> psycopg.Cursor[Any]:
-        """Execute after the buffers; in one round trip with them when there are any."""
+        """Execute after the buffers; in one round trip with them when there are any.
+
+        ``sql`` may use ``?`` placeholders, as :mod:`chatd.sqlrows` does.
+        """
+        sql = _placeholders(sql)
         if not self._buffered():
             return self.conn.execute(sql, args)
         with self.conn.pipeline():
@@ -234,10 +246,6 @@ class _PgTx(SendBuffer):
     def set_horizon(self, seq: int) -> None:
         self._run("UPDATE counter SET horizon = %s", (seq,))
 
-    def last_event_at(self) -> int:
-        row = self._one("SELECT at_ms FROM events ORDER BY seq DESC LIMIT 1", ())
-        return int(row[0]) if row else 0
-
     # -- savepoints
 
     def savepoint(self) -> None:
@@ -256,68 +264,9 @@ class _PgTx(SendBuffer):
 
     # -- users and tokens
 
-    def user_by_key(self, key: str) -> UserRow | None:
-        row: UserRow | None = self._one(
-            "SELECT id, name, pw_hash FROM users WHERE name_key = %s", (key,)
-        )
-        return row
-
-    def insert_user(
-        self, user_id: str, name: str, key: str, pw_hash: str, created_ms: int
-    ) -> None:
-        self._run(
-            "INSERT INTO users(id, name, name_key, pw_hash, created_ms) VALUES (%s,%s,%s,%s,%s)",
-            (user_id, name, key, pw_hash, created_ms),
-        )
-
-    def insert_token(
-        self, token_hash: bytes, user_id: str, created_ms: int, expires_ms: int
-    ) -> None:
-        self._run(
-            "INSERT INTO tokens(hash, user_id, created_ms, expires_ms) VALUES (%s,%s,%s,%s)",
-            (token_hash, user_id, created_ms, expires_ms),
-        )
-
-    def delete_token(self, token_hash: bytes) -> None:
-        self._run("DELETE FROM tokens WHERE hash = %s", (token_hash,))
-
     # -- channels
 
-    def channel(self, channel_id: str) -> ChannelRow | None:
-        row: ChannelRow | None = self._one(
-            "SELECT id, name, creator_id FROM channels WHERE id = %s", (channel_id,)
-        )
-        return row
-
-    def channel_name_in_use(self, key: str) -> str | None:
-        row = self._one("SELECT name FROM channels WHERE name_key = %s", (key,))
-        return None if row is None else str(row[0])
-
-    def insert_channel(
-        self, channel_id: str, name: str, key: str, creator_id: str, created_seq: int,
-        at_ms: int,
-    ) -> None:
-        self._run(
-            "INSERT INTO channels(id, name, name_key, creator_id, created_seq, active_ms)"
-            " VALUES (%s,%s,%s,%s,%s,%s)",
-            (channel_id, name, key, creator_id, created_seq, at_ms),
-        )
-
-    def delete_channel(self, channel_id: str) -> None:
-        self._run("DELETE FROM channels WHERE id = %s", (channel_id,))
-
     # -- messages and events
-
-    def message(self, message_id: str) -> MessageKey | None:
-        row: MessageKey | None = self._one(
-            "SELECT seq, channel_id, sender_id FROM messages WHERE id = %s", (message_id,)
-        )
-        return row
-
-    def channel_messages(self, channel_id: str) -> list[tuple[str, int]]:
-        return self._all(
-            "SELECT id, seq FROM messages WHERE channel_id = %s ORDER BY seq", (channel_id,)
-        )
 
     def delete_messages(self, seqs: list[int]) -> None:
         with self.conn.pipeline():
@@ -343,40 +292,6 @@ class _PgTx(SendBuffer):
         }
 
     # -- expiry
-
-    def messages_before(self, at_ms: int, limit: int) -> list[tuple[str, int, str, str]]:
-        return self._all(
-            "SELECT m.id, m.seq, m.channel_id, c.name FROM messages m"
-            " JOIN channels c ON c.id = m.channel_id"
-            " WHERE m.at_ms < %s ORDER BY m.seq LIMIT %s",
-            (at_ms, limit),
-        )
-
-    def idle_channels(self, active_before_ms: int, limit: int) -> list[tuple[str, str]]:
-        return self._all(
-            "SELECT id, name FROM channels WHERE active_ms < %s ORDER BY active_ms LIMIT %s",
-            (active_before_ms, limit),
-        )
-
-    def oldest_events(self, limit: int) -> list[tuple[int, int]]:
-        return self._all("SELECT seq, at_ms FROM events ORDER BY seq LIMIT %s", (limit,))
-
-    def drop_events_through(self, seq: int) -> None:
-        self._run("DELETE FROM events WHERE seq <= %s", (seq,))
-
-    def drop_nonces_before(self, at_ms: int, limit: int) -> None:
-        self._run(
-            "DELETE FROM nonces WHERE (user_id, nonce) IN"
-            " (SELECT user_id, nonce FROM nonces WHERE at_ms < %s LIMIT %s)",
-            (at_ms, limit),
-        )
-
-    def drop_tokens_expired(self, now_ms: int, limit: int) -> None:
-        self._run(
-            "DELETE FROM tokens WHERE hash IN"
-            " (SELECT hash FROM tokens WHERE expires_ms < %s LIMIT %s)",
-            (now_ms, limit),
-        )
 
     def commit(self) -> None:
         """The buffers and the COMMIT, in one round trip; with a NOTIFY to the

@@ -33,7 +33,8 @@ import msgspec
 from .crypto import new_epoch
 from .exceptions import StartupError
 from .sendbuffer import SendBuffer
-from .storage import ChannelRow, MessageKey, MessageRow, NonceRow, UserRow, WriteTx
+from .sqlrows import RowStatements
+from .storage import ChannelRow, MessageRow, NonceRow, UserRow, WriteTx
 
 T = TypeVar("T")
 
@@ -52,7 +53,7 @@ def schema_sql() -> str:
         return (Path(__file__).resolve().parent.parent / "schema.sql").read_text("utf-8")
 
 
-class _SqliteTx(SendBuffer):
+class _SqliteTx(SendBuffer, RowStatements):
     """:class:`chatd.storage.WriteTx` on the writing connection.
 
     Rows that sends add (events, messages, nonces, the channel's activity) are
@@ -105,6 +106,10 @@ class _SqliteTx(SendBuffer):
         self._flush()
         self.conn.execute(sql, args)
 
+    def _all(self, sql: str, args: tuple[Any, ...]) -> list[Any]:
+        self._flush()
+        return self.conn.execute(sql, args).fetchall()
+
     # -- counter and horizon
 
     def counter(self) -> int:
@@ -122,10 +127,6 @@ class _SqliteTx(SendBuffer):
     def set_horizon(self, seq: int) -> None:
         self._run("UPDATE meta SET value = ? WHERE key = 'horizon'", (str(seq),))
 
-    def last_event_at(self) -> int:
-        row = self._one("SELECT at_ms FROM events ORDER BY seq DESC LIMIT 1", ())
-        return int(row[0]) if row else 0
-
     # -- savepoints
 
     def savepoint(self) -> None:
@@ -141,69 +142,9 @@ class _SqliteTx(SendBuffer):
 
     # -- users and tokens
 
-    def user_by_key(self, key: str) -> UserRow | None:
-        row: UserRow | None = self._one(
-            "SELECT id, name, pw_hash FROM users WHERE name_key = ?", (key,)
-        )
-        return row
-
-    def insert_user(
-        self, user_id: str, name: str, key: str, pw_hash: str, created_ms: int
-    ) -> None:
-        self._run(
-            "INSERT INTO users(id, name, name_key, pw_hash, created_ms) VALUES (?,?,?,?,?)",
-            (user_id, name, key, pw_hash, created_ms),
-        )
-
-    def insert_token(
-        self, token_hash: bytes, user_id: str, created_ms: int, expires_ms: int
-    ) -> None:
-        self._run(
-            "INSERT INTO tokens(hash, user_id, created_ms, expires_ms) VALUES (?,?,?,?)",
-            (token_hash, user_id, created_ms, expires_ms),
-        )
-
-    def delete_token(self, token_hash: bytes) -> None:
-        self._run("DELETE FROM tokens WHERE hash = ?", (token_hash,))
-
     # -- channels
 
-    def channel(self, channel_id: str) -> ChannelRow | None:
-        row: ChannelRow | None = self._one(
-            "SELECT id, name, creator_id FROM channels WHERE id = ?", (channel_id,)
-        )
-        return row
-
-    def channel_name_in_use(self, key: str) -> str | None:
-        row = self._one("SELECT name FROM channels WHERE name_key = ?", (key,))
-        return None if row is None else str(row[0])
-
-    def insert_channel(
-        self, channel_id: str, name: str, key: str, creator_id: str, created_seq: int,
-        at_ms: int,
-    ) -> None:
-        self._run(
-            "INSERT INTO channels(id, name, name_key, creator_id, created_seq, active_ms)"
-            " VALUES (?,?,?,?,?,?)",
-            (channel_id, name, key, creator_id, created_seq, at_ms),
-        )
-
-    def delete_channel(self, channel_id: str) -> None:
-        self._run("DELETE FROM channels WHERE id = ?", (channel_id,))
-
     # -- messages and events
-
-    def message(self, message_id: str) -> MessageKey | None:
-        row: MessageKey | None = self._one(
-            "SELECT seq, channel_id, sender_id FROM messages WHERE id = ?", (message_id,)
-        )
-        return row
-
-    def channel_messages(self, channel_id: str) -> list[tuple[str, int]]:
-        self._flush()
-        return self.conn.execute(
-            "SELECT id, seq FROM messages WHERE channel_id = ? ORDER BY seq", (channel_id,)
-        ).fetchall()
 
     def delete_messages(self, seqs: list[int]) -> None:
         self._flush()
@@ -230,45 +171,6 @@ class _SqliteTx(SendBuffer):
         return found
 
     # -- expiry
-
-    def messages_before(self, at_ms: int, limit: int) -> list[tuple[str, int, str, str]]:
-        self._flush()
-        return self.conn.execute(
-            "SELECT m.id, m.seq, m.channel_id, c.name FROM messages m"
-            " JOIN channels c ON c.id = m.channel_id"
-            " WHERE m.at_ms < ? ORDER BY m.seq LIMIT ?",
-            (at_ms, limit),
-        ).fetchall()
-
-    def idle_channels(self, active_before_ms: int, limit: int) -> list[tuple[str, str]]:
-        self._flush()
-        return self.conn.execute(
-            "SELECT id, name FROM channels WHERE active_ms < ? ORDER BY active_ms LIMIT ?",
-            (active_before_ms, limit),
-        ).fetchall()
-
-    def oldest_events(self, limit: int) -> list[tuple[int, int]]:
-        self._flush()
-        return self.conn.execute(
-            "SELECT seq, at_ms FROM events ORDER BY seq LIMIT ?", (limit,)
-        ).fetchall()
-
-    def drop_events_through(self, seq: int) -> None:
-        self._run("DELETE FROM events WHERE seq <= ?", (seq,))
-
-    def drop_nonces_before(self, at_ms: int, limit: int) -> None:
-        self._run(
-            "DELETE FROM nonces WHERE (user_id, nonce) IN"
-            " (SELECT user_id, nonce FROM nonces WHERE at_ms < ? LIMIT ?)",
-            (at_ms, limit),
-        )
-
-    def drop_tokens_expired(self, now_ms: int, limit: int) -> None:
-        self._run(
-            "DELETE FROM tokens WHERE hash IN"
-            " (SELECT hash FROM tokens WHERE expires_ms < ? LIMIT ?)",
-            (now_ms, limit),
-        )
 
     def commit(self) -> None:
         self._flush()
