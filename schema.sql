@@ -1,4 +1,4 @@
--- chatd schema, version 1. The store applies this file to a new database and
+-- chatd schema, version 2. The store applies this file to a new database and
 -- records the version in meta('schema_version'); later versions add migrations.
 -- Times are integer milliseconds since the Unix epoch (UTC).
 
@@ -14,8 +14,21 @@ CREATE TABLE users (
     name       TEXT NOT NULL,
     name_key   TEXT NOT NULL UNIQUE,      -- casefold(NFKC(name)): the identity of a name
     pw_hash    TEXT NOT NULL,             -- scrypt$n$r$p$salt$hash
-    created_ms INTEGER NOT NULL
+    created_ms INTEGER NOT NULL,
+    role       TEXT NOT NULL DEFAULT 'member' CHECK (role IN ('admin', 'member')),
+    active     INTEGER NOT NULL DEFAULT 1,
+    created_seq INTEGER NOT NULL DEFAULT 0 -- the stream position when the account was made
 ) WITHOUT ROWID;
+
+CREATE TABLE invites (
+    id         TEXT PRIMARY KEY,
+    code_hash  BLOB NOT NULL UNIQUE,      -- sha256 of the code; the code itself is never stored
+    created_by TEXT NOT NULL,
+    created_ms INTEGER NOT NULL,
+    expires_ms INTEGER NOT NULL,
+    uses_left  INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX invites_expiry ON invites(expires_ms);
 
 CREATE TABLE tokens (
     hash       BLOB PRIMARY KEY,          -- sha256 of the bearer token; the token itself is never stored

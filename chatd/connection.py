@@ -47,14 +47,19 @@ from .fanout import CLOSE_TOO_SLOW, Hub, Subscription
 from .limits import Buckets, TokenBucket
 from .metrics import Metrics
 from .ops import (
+    ChangePasswordOp,
     CreateChannelOp,
+    CreateInviteOp,
     CreateUserOp,
     DeleteChannelOp,
     DeleteMessageOp,
     IssueTokenOp,
+    RevokeInviteOp,
     RevokeTokenOp,
     SendOp,
     Sent,
+    SetActiveOp,
+    SetRoleOp,
     StoredUser,
 )
 from .sink import Sink
@@ -67,6 +72,8 @@ log = logging.getLogger("chatd.connection")
 Handler = Callable[["Session", Any], Awaitable[msgspec.Struct | None]]
 BARRIERS = (wire.Login, wire.Auth, wire.Logout, wire.Subscribe, wire.Unsubscribe)
 CLOSE_POLICY = 1008
+#: the token was ended (logout elsewhere, password change, deactivation)
+CLOSE_TOKEN_ENDED = 4001
 
 
 class _BadRequestFrame(bytes):
@@ -319,19 +326,31 @@ class Session:
                 "name: too many failed logins; retry later",
                 retry_after=math.ceil(wait * 1000) / 1000,
             )
+        invite = None if cmd.invite is None else validate.text("invite", cmd.invite, 256)
         user = await app.store.user_by_name(key)
         if user is None:
-            if not app.config.open_signup:
+            # With open sign-up an invite is not needed, and not used up either.
+            closed = not app.config.open_signup
+            if closed and invite is None:
                 self._failed_login(key)
-                raise Unauthorized("name: no such user, and sign-up is closed")
+                raise Unauthorized("name: no such user, and sign-up needs an invite")
             pw_hash = await asyncio.to_thread(crypto.hash_password, password, n=app.config.scrypt_n)
-            user = await app.writer.submit(CreateUserOp(name, key, pw_hash))
+            op = CreateUserOp(name, key, pw_hash,
+                              crypto.token_hash(invite) if closed and invite else None,
+                              need_invite=closed)
+            try:
+                user = await app.writer.submit(op)
+            except Unauthorized:
+                self._failed_login(key)
+                raise
             assert isinstance(user, StoredUser)
             if user.created:
                 return await self._logged_in(cmd.ref, user)
         if not await asyncio.to_thread(crypto.verify_password, password, user.pw_hash):
             self._failed_login(key)
             raise Unauthorized("password: wrong name or password")
+        if not user.active:
+            raise Unauthorized("name: this account is deactivated")
         return await self._logged_in(cmd.ref, user)
 
     def _failed_login(self, key: str | None) -> None:
@@ -365,11 +384,21 @@ class Session:
         if token_hash is not None:
             await self.app.writer.submit(RevokeTokenOp(token_hash))
             # The token is over: so is every other connection logged in with it.
-            for other in list(self.app.sessions):
-                if other is not self and other.token_hash == token_hash:
-                    other.log_out()
+            self._end_others(lambda s: s.token_hash == token_hash, "logged out elsewhere")
         self.log_out()
         return wire.Ok(cmd.ref)
+
+    def _end_others(self, which: Callable[[Session], bool], reason: str) -> None:
+        """Close this node's other sessions that ``which`` picks with 4001 (their
+        token ended); other nodes do the same within their token check."""
+        for other in list(self.app.sessions):
+            if other is not self and which(other):
+                other.end(reason)
+
+    def end(self, reason: str) -> None:
+        """The token ended: log out at once, close with 4001 (do not reconnect with it)."""
+        self.log_out()
+        self.app.hub.close_later(self.sink, CLOSE_TOKEN_ENDED, reason)
 
     def log_out(self) -> None:
         self._stop_subscription()
@@ -391,8 +420,69 @@ class Session:
 
     async def _boot(self, cmd: wire.Boot) -> wire.BootOk:
         async with self._read_slot():
-            resume_point, channels = await self.app.store.boot()
-        return wire.BootOk(cmd.ref, self._me(), self.app.store.epoch, resume_point, channels)
+            resume_point, me, channels = await self.app.store.boot(self._me().id)
+        return wire.BootOk(cmd.ref, me, self.app.store.epoch, resume_point, channels)
+
+    # -------------------------------------------------------------- accounts
+
+    async def _change_password(self, cmd: wire.ChangePassword) -> wire.Ok:
+        app, me = self.app, self._me()
+        password = validate.password(cmd.password)
+        new_password = validate.password(cmd.new_password, "new_password")
+        user = await app.store.user(me.id)
+        if user is None or not await asyncio.to_thread(
+            crypto.verify_password, password, user.pw_hash
+        ):
+            self._failed_login(validate.name_key(me.name))
+            raise Unauthorized("password: wrong password")
+        pw_hash = await asyncio.to_thread(crypto.hash_password, new_password,
+                                          n=app.config.scrypt_n)
+        keep = self.token_hash
+        await app.writer.submit(ChangePasswordOp(me.id, pw_hash, keep))
+        self._end_others(lambda s: s.user is not None and s.user.id == me.id
+                         and s.token_hash != keep, "the password was changed")
+        return wire.Ok(cmd.ref)
+
+    async def _users(self, cmd: wire.Users) -> wire.UsersOk:
+        async with self._read_slot():
+            return wire.UsersOk(cmd.ref, await self.app.store.users())
+
+    async def _create_invite(self, cmd: wire.CreateInvite) -> wire.InviteOk:
+        code = crypto.new_token()
+        expires = int((self.app.clock() + cmd.ttl) * 1000)
+        invite: wire.Invite = await self.app.writer.submit(CreateInviteOp(
+            self._me(), crypto.new_id("I"), crypto.token_hash(code), cmd.uses, expires))
+        # The code exists only in this reply: the database has its hash.
+        return wire.InviteOk(cmd.ref, msgspec.structs.replace(invite, code=code))
+
+    async def _list_invites(self, cmd: wire.ListInvites) -> wire.InvitesOk:
+        now_ms = int(self.app.clock() * 1000)
+        async with self._read_slot():
+            return wire.InvitesOk(cmd.ref, await self.app.store.invites(self._me(), now_ms))
+
+    async def _revoke_invite(self, cmd: wire.RevokeInvite) -> wire.Ok:
+        invite_id = validate.text("invite", cmd.invite)
+        await self.app.writer.submit(RevokeInviteOp(self._me(), invite_id))
+        return wire.Ok(cmd.ref)
+
+    async def _set_role(self, cmd: wire.SetRole) -> wire.AccountOk:
+        user_id = validate.text("user", cmd.user)
+        account = await self.app.writer.submit(SetRoleOp(self._me(), user_id, cmd.role))
+        return wire.AccountOk(cmd.ref, account)
+
+    async def _deactivate_user(self, cmd: wire.DeactivateUser) -> wire.AccountOk:
+        user_id = validate.text("user", cmd.user)
+        account = await self.app.writer.submit(SetActiveOp(self._me(), user_id, False))
+        self._end_others(lambda s: s.user is not None and s.user.id == user_id,
+                         "the account was deactivated")
+        if self.user is not None and self.user.id == user_id:
+            self.end("the account was deactivated")
+        return wire.AccountOk(cmd.ref, account)
+
+    async def _reactivate_user(self, cmd: wire.ReactivateUser) -> wire.AccountOk:
+        user_id = validate.text("user", cmd.user)
+        account = await self.app.writer.submit(SetActiveOp(self._me(), user_id, True))
+        return wire.AccountOk(cmd.ref, account)
 
     async def _create_channel(self, cmd: wire.CreateChannel) -> wire.ChannelOk:
         name, key = validate.name("name", cmd.name)
@@ -476,6 +566,14 @@ _HANDLERS: dict[type[wire.Command], Handler] = {
     wire.History: Session._history,
     wire.Subscribe: Session._subscribe,
     wire.Unsubscribe: Session._unsubscribe,
+    wire.ChangePassword: Session._change_password,
+    wire.Users: Session._users,
+    wire.CreateInvite: Session._create_invite,
+    wire.ListInvites: Session._list_invites,
+    wire.RevokeInvite: Session._revoke_invite,
+    wire.SetRole: Session._set_role,
+    wire.DeactivateUser: Session._deactivate_user,
+    wire.ReactivateUser: Session._reactivate_user,
 }
 
 

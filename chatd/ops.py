@@ -21,11 +21,59 @@ from .exceptions import ProtocolError
 
 @dataclass(frozen=True, slots=True)
 class CreateUserOp:
-    """Create a user unless the name key exists; either way return the stored user."""
+    """Create a user unless the name key exists; either way return the stored user.
+
+    The first account of a database is an admin. With ``invite`` (a code's
+    hash), a new account uses up one use of that invite, and is refused
+    (unauthorized) when it is unknown, expired or used up; with ``need_invite``
+    and no invite, a new account is refused. An existing name uses nothing.
+    """
 
     name: str
     key: str
     pw_hash: str
+    invite: bytes | None = None
+    need_invite: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ChangePasswordOp:
+    """Set a user's password hash and end every token of it but ``keep``."""
+
+    user_id: str
+    pw_hash: str
+    keep: bytes | None
+
+
+@dataclass(frozen=True, slots=True)
+class SetRoleOp:
+    actor: wire.User
+    user_id: str
+    role: str
+
+
+@dataclass(frozen=True, slots=True)
+class SetActiveOp:
+    """Deactivate (ending every token of the user) or reactivate a user."""
+
+    actor: wire.User
+    user_id: str
+    active: bool
+
+
+@dataclass(frozen=True, slots=True)
+class CreateInviteOp:
+    actor: wire.User
+    invite_id: str
+    code_hash: bytes
+    uses: int
+    expires_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class RevokeInviteOp:
+    actor: wire.User
+    invite_id: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,7 +129,8 @@ class ExpireOp:
 
 Op = (
     CreateUserOp | IssueTokenOp | RevokeTokenOp | CreateChannelOp | DeleteChannelOp | SendOp
-    | DeleteMessageOp | ExpireOp
+    | DeleteMessageOp | ExpireOp | ChangePasswordOp | SetRoleOp | SetActiveOp | CreateInviteOp
+    | RevokeInviteOp
 )
 
 # -------------------------------------------------------------------- results
@@ -92,6 +141,8 @@ class StoredUser:
     id: str
     name: str
     pw_hash: str
+    role: str = "member"
+    active: bool = True
     created: bool = False
 
 

@@ -52,15 +52,38 @@ from .crypto import new_epoch
 from .exceptions import StartupError, Unavailable
 from .sendbuffer import SendBuffer
 from .sqlrows import RowStatements
-from .storage import ChannelRow, MessageRow, NonceRow, UserRow, WriteTx
+from .storage import (
+    AccountRow,
+    ChannelRow,
+    InviteRow,
+    MessageRow,
+    NonceRow,
+    UserRow,
+    WriteTx,
+)
 
 T = TypeVar("T")
 
 log = logging.getLogger("chatd.store")
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 #: version -> SQL that upgrades a database from version-1 to version.
-MIGRATIONS: dict[int, str] = {}
+MIGRATIONS: dict[int, str] = {
+    # accounts: roles (the oldest account becomes the admin), deactivation, invites
+    2: """
+    ALTER TABLE users ADD COLUMN role TEXT NOT NULL DEFAULT 'member'
+        CHECK (role IN ('admin', 'member'));
+    ALTER TABLE users ADD COLUMN active BOOLEAN NOT NULL DEFAULT true;
+    ALTER TABLE users ADD COLUMN created_seq BIGINT NOT NULL DEFAULT 0;
+    UPDATE users SET role = 'admin'
+        WHERE id = (SELECT id FROM users ORDER BY created_ms, id LIMIT 1);
+    CREATE TABLE invites (
+        id TEXT PRIMARY KEY, code_hash BYTEA NOT NULL UNIQUE, created_by TEXT NOT NULL,
+        created_ms BIGINT NOT NULL, expires_ms BIGINT NOT NULL, uses_left INTEGER NOT NULL
+    );
+    CREATE INDEX invites_expiry ON invites(expires_ms)
+    """,
+}
 #: pg_advisory_xact_lock key held while a node creates or migrates the schema.
 _SCHEMA_LOCK = 0x636861746400  # "chatd\0"
 
@@ -566,17 +589,33 @@ class _PgSnapshot:
 
     async def user_by_key(self, key: str) -> UserRow | None:
         row: UserRow | None = await self._row(
-            "SELECT id, name, pw_hash FROM users WHERE name_key = %s", (key,)
+            "SELECT id, name, pw_hash, role, active FROM users WHERE name_key = %s", (key,)
         )
         return row
 
     async def user_by_token(self, token_hash: bytes, now_ms: int) -> tuple[str, str] | None:
         row: tuple[str, str] | None = await self._row(
             "SELECT u.id, u.name FROM tokens t JOIN users u ON u.id = t.user_id"
-            " WHERE t.hash = %s AND t.expires_ms > %s",
+            " WHERE t.hash = %s AND t.expires_ms > %s AND u.active",
             (token_hash, now_ms),
         )
         return row
+
+    async def user(self, user_id: str) -> UserRow | None:
+        row: UserRow | None = await self._row(
+            "SELECT id, name, pw_hash, role, active FROM users WHERE id = %s", (user_id,))
+        return row
+
+    async def users(self) -> list[AccountRow]:
+        return await self._rows("SELECT id, name, role, active FROM users ORDER BY name_key")
+
+    async def invites(self, now_ms: int) -> list[InviteRow]:
+        return await self._rows(
+            "SELECT i.id, i.expires_ms, i.uses_left, i.created_by, coalesce(u.name, '')"
+            " FROM invites i LEFT JOIN users u ON u.id = i.created_by"
+            " WHERE i.expires_ms > %s AND i.uses_left > 0 ORDER BY i.created_ms, i.id",
+            (now_ms,),
+        )
 
     async def live_tokens(self, token_hashes: list[bytes], now_ms: int) -> list[bytes]:
         rows = await self._rows(

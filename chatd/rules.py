@@ -46,10 +46,13 @@ from .exceptions import (
     InternalError,
     NotFound,
     ProtocolError,
+    Unauthorized,
     Unavailable,
 )
 from .ops import (
+    ChangePasswordOp,
     CreateChannelOp,
+    CreateInviteOp,
     CreateUserOp,
     DeleteChannelOp,
     DeleteMessageOp,
@@ -60,12 +63,15 @@ from .ops import (
     Op,
     Published,
     Result,
+    RevokeInviteOp,
     RevokeTokenOp,
     SendOp,
     Sent,
+    SetActiveOp,
+    SetRoleOp,
     StoredUser,
 )
-from .storage import Backend, NonceRow, Snapshot, WriteTx
+from .storage import AccountRow, Backend, NonceRow, Snapshot, UserRow, WriteTx
 
 log = logging.getLogger("chatd.rules")
 
@@ -216,12 +222,75 @@ class Rules:
         return found
 
     def _create_user(self, c: _Commit, op: CreateUserOp) -> StoredUser:
-        row = c.tx.user_by_key(op.key)
+        tx = c.tx
+        row = tx.user_by_key(op.key)
         if row:
-            return StoredUser(*row)
+            return stored_user(row)
+        invite = None
+        if op.invite is not None:
+            invite = tx.invite_by_code(op.invite)
+            if invite is None or invite[1] <= c.at_ms or invite[2] <= 0:
+                raise Unauthorized("invite: unknown, expired, revoked or used up")
+        elif op.need_invite:
+            raise Unauthorized("name: no such user, and sign-up needs an invite")
+        # The first account of a database is its admin.
+        role = "member" if tx.any_user() else "admin"
+        if invite is not None:
+            tx.use_invite(invite[0])
         user_id = new_id("U")
-        c.tx.insert_user(user_id, op.name, op.key, op.pw_hash, c.at_ms)
-        return StoredUser(user_id, op.name, op.pw_hash, created=True)
+        tx.insert_user(user_id, op.name, op.key, op.pw_hash, c.at_ms, role, c.seq)
+        return StoredUser(user_id, op.name, op.pw_hash, role, True, created=True)
+
+    # ------------------------------------------------------------ accounts
+
+    def _admin(self, tx: WriteTx, user: wire.User, what: str) -> None:
+        """Refuse ``what`` unless ``user`` is an active admin, as of this transaction."""
+        if not is_admin(tx.user(user.id)):
+            raise Forbidden(f"{what}: only an admin may do this")
+
+    def _account(self, tx: WriteTx, user_id: str) -> AccountRow:
+        row = tx.user(user_id)
+        if row is None:
+            raise NotFound(f"user: no user {user_id!r}")
+        return row
+
+    def _change_password(self, c: _Commit, op: ChangePasswordOp) -> None:
+        self._account(c.tx, op.user_id)
+        c.tx.set_password(op.user_id, op.pw_hash)
+        c.tx.delete_user_tokens(op.user_id, op.keep)
+
+    def _set_role(self, c: _Commit, op: SetRoleOp) -> wire.Account:
+        self._admin(c.tx, op.actor, "set_role")
+        user_id, name, role, active = self._account(c.tx, op.user_id)
+        if role == "admin" and op.role != "admin" and active and c.tx.active_admins() <= 1:
+            raise Conflict("role: this would leave no active admin")
+        if op.role != role:
+            c.tx.set_role(user_id, op.role)
+        return wire.Account(user_id, name, op.role, bool(active))
+
+    def _set_active(self, c: _Commit, op: SetActiveOp) -> wire.Account:
+        self._admin(c.tx, op.actor, "deactivate_user" if not op.active else "reactivate_user")
+        user_id, name, role, active = self._account(c.tx, op.user_id)
+        if not op.active and role == "admin" and active and c.tx.active_admins() <= 1:
+            raise Conflict("user: this would leave no active admin")
+        if bool(active) != op.active:
+            c.tx.set_active(user_id, op.active)
+        if not op.active:
+            c.tx.delete_user_tokens(user_id, None)
+        return wire.Account(user_id, name, role, op.active)
+
+    def _create_invite(self, c: _Commit, op: CreateInviteOp) -> wire.Invite:
+        self._admin(c.tx, op.actor, "create_invite")
+        c.tx.insert_invite(op.invite_id, op.code_hash, op.actor.id, c.at_ms, op.expires_ms,
+                           op.uses)
+        return wire.Invite(id=op.invite_id, expires_at=wire.format_at(op.expires_ms),
+                           uses_left=op.uses, created_by=op.actor)
+
+    def _revoke_invite(self, c: _Commit, op: RevokeInviteOp) -> None:
+        self._admin(c.tx, op.actor, "revoke_invite")
+        if not c.tx.invite_exists(op.invite_id):
+            raise NotFound(f"invite: no invite {op.invite_id!r}")
+        c.tx.delete_invite(op.invite_id)
 
     def _issue_token(self, c: _Commit, op: IssueTokenOp) -> None:
         c.tx.insert_token(op.token_hash, op.user_id, c.at_ms, op.expires_ms)
@@ -241,8 +310,8 @@ class Rules:
 
     def _delete_channel(self, c: _Commit, op: DeleteChannelOp) -> wire.Channel:
         channel, creator = self._channel(c.tx, op.channel_id)
-        if creator != op.user.id:
-            raise Forbidden("channel: only its creator may delete it")
+        if creator != op.user.id and not is_admin(c.tx.user(op.user.id)):
+            raise Forbidden("channel: only its creator or an admin may delete it")
         c.delete_channel(channel)
         self._channels.pop(channel.id, None)
         return channel
@@ -284,8 +353,8 @@ class Rules:
         if row is None:
             raise NotFound(f"message: no message {op.message_id!r}")
         seq, channel_id, sender_id = row
-        if sender_id != op.user.id:
-            raise Forbidden("message: only its sender may delete it")
+        if sender_id != op.user.id and not is_admin(c.tx.user(op.user.id)):
+            raise Forbidden("message: only its sender or an admin may delete it")
         channel, _ = self._channel(c.tx, channel_id)
         c.delete_messages(channel, [(op.message_id, seq)])
         return op.message_id, channel
@@ -324,6 +393,7 @@ class Rules:
             budget -= events
         tx.drop_nonces_before(op.nonce_before_ms, op.limit)
         tx.drop_tokens_expired(op.token_before_ms, op.limit)
+        tx.drop_invites_done(op.token_before_ms, op.limit)
         return Expired(messages, channels, events, horizon, more=budget <= 0)
 
 
@@ -336,7 +406,22 @@ _APPLY: dict[type, Callable[[Rules, _Commit, Any], object]] = {
     SendOp: Rules._send,
     DeleteMessageOp: Rules._delete_message,
     ExpireOp: Rules._expire,
+    ChangePasswordOp: Rules._change_password,
+    SetRoleOp: Rules._set_role,
+    SetActiveOp: Rules._set_active,
+    CreateInviteOp: Rules._create_invite,
+    RevokeInviteOp: Rules._revoke_invite,
 }
+
+
+def is_admin(row: AccountRow | UserRow | None) -> bool:
+    """Whether a user row is an active admin (the role and active are its last two)."""
+    return row is not None and row[-2] == "admin" and bool(row[-1])
+
+
+def stored_user(row: UserRow) -> StoredUser:
+    user_id, name, pw_hash, role, active = row
+    return StoredUser(user_id, name, pw_hash, role, bool(active))
 
 # ------------------------------------------------------------------- reads
 
@@ -355,10 +440,29 @@ async def history(
     return messages, len(rows) > limit
 
 
-async def boot(snap: Snapshot) -> tuple[int, list[wire.Channel]]:
-    """The current position and every channel at it."""
+async def boot(snap: Snapshot, user_id: str) -> tuple[int, wire.Me, list[wire.Channel]]:
+    """The current position, the user as of it (with its role), every channel."""
     seq, _ = await snap.counter()
-    return seq, [wire.Channel(i, n) for i, n in await snap.channels()]
+    row = await snap.user(user_id)
+    if row is None:
+        raise Unauthorized("user: no such user")
+    me = wire.Me(row[0], row[1], row[3])
+    return seq, me, [wire.Channel(i, n) for i, n in await snap.channels()]
+
+
+async def users(snap: Snapshot) -> list[wire.Account]:
+    return [wire.Account(i, n, r, bool(a)) for i, n, r, a in await snap.users()]
+
+
+async def invites(snap: Snapshot, actor: wire.User, now_ms: int) -> list[wire.Invite]:
+    """The invites that can still be used; for an admin only."""
+    if not is_admin(await snap.user(actor.id)):
+        raise Forbidden("list_invites: only an admin may do this")
+    return [
+        wire.Invite(id=i, expires_at=wire.format_at(expires), uses_left=uses,
+                    created_by=wire.User(by, by_name))
+        for i, expires, uses, by, by_name in await snap.invites(now_ms)
+    ]
 
 
 async def read_events(

@@ -1,4 +1,4 @@
--- chatd schema for PostgreSQL, version 1: the tables of schema.sql (the sqlite
+-- chatd schema for PostgreSQL, version 2: the tables of schema.sql (the sqlite
 -- schema) with PostgreSQL types. chatd.postgres_store applies this file to a new
 -- database in one transaction and records the version in meta('schema_version');
 -- later versions add migrations. Times are BIGINT milliseconds since the Unix
@@ -28,8 +28,21 @@ CREATE TABLE users (
     name       TEXT NOT NULL,
     name_key   TEXT NOT NULL UNIQUE,      -- casefold(NFKC(name)): the identity of a name
     pw_hash    TEXT NOT NULL,             -- scrypt$n$r$p$salt$hash
-    created_ms BIGINT NOT NULL
+    created_ms BIGINT NOT NULL,
+    role       TEXT NOT NULL DEFAULT 'member' CHECK (role IN ('admin', 'member')),
+    active     BOOLEAN NOT NULL DEFAULT true,
+    created_seq BIGINT NOT NULL DEFAULT 0 -- the stream position when the account was made
 );
+
+CREATE TABLE invites (
+    id         TEXT PRIMARY KEY,
+    code_hash  BYTEA NOT NULL UNIQUE,     -- sha256 of the code; the code itself is never stored
+    created_by TEXT NOT NULL,
+    created_ms BIGINT NOT NULL,
+    expires_ms BIGINT NOT NULL,
+    uses_left  INTEGER NOT NULL
+);
+CREATE INDEX invites_expiry ON invites(expires_ms);
 
 CREATE TABLE tokens (
     hash       BYTEA PRIMARY KEY,         -- sha256 of the bearer token; the token itself is never stored

@@ -119,11 +119,12 @@ class App:
         self.writer.start()
 
     async def _check_tokens(self) -> None:
-        """Log out every connection whose token has ended anywhere.
+        """Close (4001) every connection whose token has ended anywhere.
 
         A logout ends its token on this node's connections at once; this catches
-        the rest: a logout on another node, a token ended in the database by
-        other means, or one that expired. One query per interval for all the
+        the rest: a logout, password change or deactivation on another node, a
+        token ended in the database by other means, or an expired one once the
+        expiry task has deleted it. One query per interval for all the
         node's connections, so a lost notification cannot leave a session open.
         """
         while True:
@@ -132,15 +133,16 @@ class App:
             if not using:
                 continue
             try:
-                live = await self.store.live_tokens(
-                    {h for _, h in using if h is not None}, int(self.clock() * 1000))
+                # Whether each token still exists, not whether it expired: a connection
+                # outlives its token's expiry until the expiry task deletes the token.
+                live = await self.store.live_tokens({h for _, h in using if h is not None}, 0)
             except Exception as exc:  # the database is away: try again next time
                 log.warning("token check failed: %s", exc)
                 continue
             for session, token_hash in using:
                 # Still the token that was checked: a new login meanwhile is not ended.
                 if session.token_hash == token_hash and token_hash not in live:
-                    session.log_out()
+                    session.end("the token was ended")
 
     @property
     def healthy(self) -> bool:

@@ -34,15 +34,38 @@ from .crypto import new_epoch
 from .exceptions import StartupError
 from .sendbuffer import SendBuffer
 from .sqlrows import RowStatements
-from .storage import ChannelRow, MessageRow, NonceRow, UserRow, WriteTx
+from .storage import (
+    AccountRow,
+    ChannelRow,
+    InviteRow,
+    MessageRow,
+    NonceRow,
+    UserRow,
+    WriteTx,
+)
 
 T = TypeVar("T")
 
 log = logging.getLogger("chatd.store")
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 #: version -> SQL that upgrades a database from version-1 to version.
-MIGRATIONS: dict[int, str] = {}
+MIGRATIONS: dict[int, str] = {
+    # accounts: roles (the oldest account becomes the admin), deactivation, invites
+    2: """
+    ALTER TABLE users ADD COLUMN role TEXT NOT NULL DEFAULT 'member'
+        CHECK (role IN ('admin', 'member'));
+    ALTER TABLE users ADD COLUMN active INTEGER NOT NULL DEFAULT 1;
+    ALTER TABLE users ADD COLUMN created_seq INTEGER NOT NULL DEFAULT 0;
+    UPDATE users SET role = 'admin'
+        WHERE id = (SELECT id FROM users ORDER BY created_ms, id LIMIT 1);
+    CREATE TABLE invites (
+        id TEXT PRIMARY KEY, code_hash BLOB NOT NULL UNIQUE, created_by TEXT NOT NULL,
+        created_ms INTEGER NOT NULL, expires_ms INTEGER NOT NULL, uses_left INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    CREATE INDEX invites_expiry ON invites(expires_ms)
+    """,
+}
 
 
 def schema_sql() -> str:
@@ -352,16 +375,33 @@ class _SqliteSnapshot:
         return int(meta["seq"]), int(meta["horizon"])
 
     async def user_by_key(self, key: str) -> UserRow | None:
-        rows = await self._rows("SELECT id, name, pw_hash FROM users WHERE name_key = ?", (key,))
+        rows = await self._rows(
+            "SELECT id, name, pw_hash, role, active FROM users WHERE name_key = ?", (key,))
         return tuple(rows[0]) if rows else None
 
     async def user_by_token(self, token_hash: bytes, now_ms: int) -> tuple[str, str] | None:
         rows = await self._rows(
             "SELECT u.id, u.name FROM tokens t JOIN users u ON u.id = t.user_id"
-            " WHERE t.hash = ? AND t.expires_ms > ?",
+            " WHERE t.hash = ? AND t.expires_ms > ? AND u.active",
             (token_hash, now_ms),
         )
         return tuple(rows[0]) if rows else None
+
+    async def user(self, user_id: str) -> UserRow | None:
+        rows = await self._rows(
+            "SELECT id, name, pw_hash, role, active FROM users WHERE id = ?", (user_id,))
+        return tuple(rows[0]) if rows else None
+
+    async def users(self) -> list[AccountRow]:
+        return await self._rows("SELECT id, name, role, active FROM users ORDER BY name_key")
+
+    async def invites(self, now_ms: int) -> list[InviteRow]:
+        return await self._rows(
+            "SELECT i.id, i.expires_ms, i.uses_left, i.created_by, coalesce(u.name, '')"
+            " FROM invites i LEFT JOIN users u ON u.id = i.created_by"
+            " WHERE i.expires_ms > ? AND i.uses_left > 0 ORDER BY i.created_ms, i.id",
+            (now_ms,),
+        )
 
     async def live_tokens(self, token_hashes: list[bytes], now_ms: int) -> list[bytes]:
         live: list[bytes] = []

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .storage import ChannelRow, MessageKey, UserRow
+from .storage import AccountRow, ChannelRow, MessageKey, UserRow
 
 
 class RowStatements:
@@ -33,16 +33,78 @@ class RowStatements:
 
     def user_by_key(self, key: str) -> UserRow | None:
         row: UserRow | None = self._one(
-            "SELECT id, name, pw_hash FROM users WHERE name_key = ?", (key,)
+            "SELECT id, name, pw_hash, role, active FROM users WHERE name_key = ?", (key,)
         )
         return row
 
     def insert_user(
-        self, user_id: str, name: str, key: str, pw_hash: str, created_ms: int
+        self, user_id: str, name: str, key: str, pw_hash: str, created_ms: int, role: str,
+        created_seq: int,
     ) -> None:
         self._run(
-            "INSERT INTO users(id, name, name_key, pw_hash, created_ms) VALUES (?,?,?,?,?)",
-            (user_id, name, key, pw_hash, created_ms),
+            "INSERT INTO users(id, name, name_key, pw_hash, created_ms, role, created_seq)"
+            " VALUES (?,?,?,?,?,?,?)",
+            (user_id, name, key, pw_hash, created_ms, role, created_seq),
+        )
+
+    def user(self, user_id: str) -> AccountRow | None:
+        row: AccountRow | None = self._one(
+            "SELECT id, name, role, active FROM users WHERE id = ?", (user_id,)
+        )
+        return row
+
+    def any_user(self) -> bool:
+        return self._one("SELECT 1 FROM users LIMIT 1", ()) is not None
+
+    def active_admins(self) -> int:
+        return int(self._one(
+            "SELECT count(*) FROM users WHERE role = 'admin' AND active", ())[0])
+
+    def set_role(self, user_id: str, role: str) -> None:
+        self._run("UPDATE users SET role = ? WHERE id = ?", (role, user_id))
+
+    def set_active(self, user_id: str, active: bool) -> None:
+        self._run("UPDATE users SET active = ? WHERE id = ?", (active, user_id))
+
+    def set_password(self, user_id: str, pw_hash: str) -> None:
+        self._run("UPDATE users SET pw_hash = ? WHERE id = ?", (pw_hash, user_id))
+
+    def delete_user_tokens(self, user_id: str, keep: bytes | None) -> None:
+        if keep is None:
+            self._run("DELETE FROM tokens WHERE user_id = ?", (user_id,))
+        else:
+            self._run("DELETE FROM tokens WHERE user_id = ? AND hash <> ?", (user_id, keep))
+
+    def invite_by_code(self, code_hash: bytes) -> tuple[str, int, int] | None:
+        row: tuple[str, int, int] | None = self._one(
+            "SELECT id, expires_ms, uses_left FROM invites WHERE code_hash = ?", (code_hash,)
+        )
+        return row
+
+    def invite_exists(self, invite_id: str) -> bool:
+        return self._one("SELECT 1 FROM invites WHERE id = ?", (invite_id,)) is not None
+
+    def insert_invite(
+        self, invite_id: str, code_hash: bytes, created_by: str, created_ms: int,
+        expires_ms: int, uses: int,
+    ) -> None:
+        self._run(
+            "INSERT INTO invites(id, code_hash, created_by, created_ms, expires_ms, uses_left)"
+            " VALUES (?,?,?,?,?,?)",
+            (invite_id, code_hash, created_by, created_ms, expires_ms, uses),
+        )
+
+    def use_invite(self, invite_id: str) -> None:
+        self._run("UPDATE invites SET uses_left = uses_left - 1 WHERE id = ?", (invite_id,))
+
+    def delete_invite(self, invite_id: str) -> None:
+        self._run("DELETE FROM invites WHERE id = ?", (invite_id,))
+
+    def drop_invites_done(self, now_ms: int, limit: int) -> None:
+        self._run(
+            "DELETE FROM invites WHERE id IN (SELECT id FROM invites"
+            " WHERE expires_ms < ? OR uses_left <= 0 LIMIT ?)",
+            (now_ms, limit),
         )
 
     def insert_token(

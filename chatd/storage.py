@@ -29,12 +29,16 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
-from typing import Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 T = TypeVar("T")
 
-#: (id, name, pw_hash)
-UserRow = tuple[str, str, str]
+#: (id, name, pw_hash, role, active); active as the backend stores it (1/0 or bool)
+UserRow = tuple[str, str, str, str, Any]
+#: (id, name, role, active)
+AccountRow = tuple[str, str, str, Any]
+#: (id, expires_ms, uses_left, created_by id, created_by name)
+InviteRow = tuple[str, int, int, str, str]
 #: (id, name, creator_id)
 ChannelRow = tuple[str, str, str]
 #: (seq, channel_id, sender_id)
@@ -76,8 +80,45 @@ class WriteTx(Protocol):
     def user_by_key(self, key: str) -> UserRow | None: ...
 
     def insert_user(
-        self, user_id: str, name: str, key: str, pw_hash: str, created_ms: int
+        self, user_id: str, name: str, key: str, pw_hash: str, created_ms: int, role: str,
+        created_seq: int,
     ) -> None: ...
+
+    def user(self, user_id: str) -> AccountRow | None: ...
+
+    def any_user(self) -> bool: ...
+
+    def active_admins(self) -> int: ...
+
+    def set_role(self, user_id: str, role: str) -> None: ...
+
+    def set_active(self, user_id: str, active: bool) -> None: ...
+
+    def set_password(self, user_id: str, pw_hash: str) -> None: ...
+
+    def delete_user_tokens(self, user_id: str, keep: bytes | None) -> None:
+        """End every token of the user but ``keep``."""
+        ...
+
+    # -- invites
+    def invite_by_code(self, code_hash: bytes) -> tuple[str, int, int] | None:
+        """(id, expires_ms, uses_left) of the invite with this code hash."""
+        ...
+
+    def invite_exists(self, invite_id: str) -> bool: ...
+
+    def insert_invite(
+        self, invite_id: str, code_hash: bytes, created_by: str, created_ms: int,
+        expires_ms: int, uses: int,
+    ) -> None: ...
+
+    def use_invite(self, invite_id: str) -> None: ...
+
+    def delete_invite(self, invite_id: str) -> None: ...
+
+    def drop_invites_done(self, now_ms: int, limit: int) -> None:
+        """Delete invites that expired or were used up."""
+        ...
 
     def insert_token(
         self, token_hash: bytes, user_id: str, created_ms: int, expires_ms: int
@@ -169,7 +210,18 @@ class Snapshot(Protocol):
     async def user_by_key(self, key: str) -> UserRow | None: ...
 
     async def user_by_token(self, token_hash: bytes, now_ms: int) -> tuple[str, str] | None:
-        """(id, name) of the token's user while the token has not expired."""
+        """(id, name) of the token's user while the token has not expired and the
+        user is active."""
+        ...
+
+    async def user(self, user_id: str) -> UserRow | None: ...
+
+    async def users(self) -> list[AccountRow]:
+        """Every user, by name."""
+        ...
+
+    async def invites(self, now_ms: int) -> list[InviteRow]:
+        """The invites that can still be used, oldest first."""
         ...
 
     async def live_tokens(self, token_hashes: list[bytes], now_ms: int) -> list[bytes]:

@@ -86,7 +86,20 @@ class Store:
     async def user_by_name(self, key: str) -> StoredUser | None:
         async with self.backend.reader() as snap:
             row = await snap.user_by_key(key)
-        return None if row is None else StoredUser(*row)
+        return None if row is None else rules.stored_user(row)
+
+    async def user(self, user_id: str) -> StoredUser | None:
+        async with self.backend.reader() as snap:
+            row = await snap.user(user_id)
+        return None if row is None else rules.stored_user(row)
+
+    async def users(self) -> list[wire.Account]:
+        async with self.backend.reader() as snap:
+            return await rules.users(snap)
+
+    async def invites(self, actor: wire.User, now_ms: int) -> list[wire.Invite]:
+        async with self.backend.snapshot() as snap:
+            return await rules.invites(snap, actor, now_ms)
 
     async def user_by_token(self, token_hash: bytes, now_ms: int) -> wire.User | None:
         async with self.backend.reader() as snap:
@@ -98,9 +111,9 @@ class Store:
         async with self.backend.reader() as snap:
             return set(await snap.live_tokens(sorted(token_hashes), now_ms))
 
-    async def boot(self) -> tuple[int, list[wire.Channel]]:
+    async def boot(self, user_id: str) -> tuple[int, wire.Me, list[wire.Channel]]:
         async with self.backend.snapshot() as snap:
-            return await rules.boot(snap)
+            return await rules.boot(snap, user_id)
 
     async def history(
         self, channel_id: str, before: int | None, limit: int

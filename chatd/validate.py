@@ -64,12 +64,12 @@ def body(value: str) -> str:
     return value
 
 
-def password(value: str) -> str:
-    _check_encodable("password", value)
+def password(value: str, field: str = "password") -> str:
+    _check_encodable(field, value)
     if not value:
-        raise BadRequest("password: must not be empty")
+        raise BadRequest(f"{field}: must not be empty")
     if len(value) > PASSWORD_MAX:
-        raise BadRequest(f"password: longer than {PASSWORD_MAX} characters")
+        raise BadRequest(f"{field}: longer than {PASSWORD_MAX} characters")
     return value
 
 

@@ -23,6 +23,9 @@ Ref = Annotated[str, Meta(max_length=64)] | int | None
 Seq = Annotated[int, Meta(ge=0, le=MAX_SEQ)]
 Nonce = Annotated[str, Meta(min_length=1, max_length=64)]
 Limit = Annotated[int, Meta(ge=1, le=500)]
+Role = Literal["admin", "member"]
+InviteUses = Annotated[int, Meta(ge=1, le=1000)]
+InviteTtl = Annotated[int, Meta(ge=60, le=2_592_000)]
 
 # --------------------------------------------------------------------- commands
 
@@ -34,6 +37,8 @@ class Command(Struct, tag_field="op", kw_only=True, omit_defaults=True):
 class Login(Command, tag="login"):
     name: str
     password: str
+    #: an invite code: with open sign-up off, a new name needs one.
+    invite: str | None = None
 
 
 class Auth(Command, tag="auth"):
@@ -86,6 +91,41 @@ class Unsubscribe(Command, tag="unsubscribe"):
     pass
 
 
+class ChangePassword(Command, tag="change_password"):
+    password: str
+    new_password: str
+
+
+class Users(Command, tag="users"):
+    pass
+
+
+class CreateInvite(Command, tag="create_invite"):
+    uses: InviteUses = 1
+    ttl: InviteTtl = 604_800
+
+
+class ListInvites(Command, tag="list_invites"):
+    pass
+
+
+class RevokeInvite(Command, tag="revoke_invite"):
+    invite: str
+
+
+class SetRole(Command, tag="set_role"):
+    user: str
+    role: Role
+
+
+class DeactivateUser(Command, tag="deactivate_user"):
+    user: str
+
+
+class ReactivateUser(Command, tag="reactivate_user"):
+    user: str
+
+
 AnyCommand = (
     Login
     | Auth
@@ -99,12 +139,21 @@ AnyCommand = (
     | History
     | Subscribe
     | Unsubscribe
+    | ChangePassword
+    | Users
+    | CreateInvite
+    | ListInvites
+    | RevokeInvite
+    | SetRole
+    | DeactivateUser
+    | ReactivateUser
 )
 
 #: Commands that need a logged-in connection.
 NEEDS_LOGIN: frozenset[type[Command]] = frozenset(
     {Logout, Boot, CreateChannel, DeleteChannel, Send, DeleteMessage, History, Subscribe,
-     Unsubscribe}
+     Unsubscribe, ChangePassword, Users, CreateInvite, ListInvites, RevokeInvite, SetRole,
+     DeactivateUser, ReactivateUser}
 )
 
 # --------------------------------------------------------------- shared objects
@@ -113,6 +162,33 @@ NEEDS_LOGIN: frozenset[type[Command]] = frozenset(
 class User(Struct):
     id: str
     name: str
+
+
+class Me(Struct):
+    """The logged-in user as ``boot`` shows it: with its role."""
+
+    id: str
+    name: str
+    role: str
+
+
+class Account(Struct):
+    """A user as the ``users`` command and the admin commands show it."""
+
+    id: str
+    name: str
+    role: str
+    active: bool
+
+
+class Invite(Struct, kw_only=True, omit_defaults=True):
+    """An invite; ``code`` only in the reply to ``create_invite``."""
+
+    id: str
+    code: str | None = None
+    expires_at: str
+    uses_left: int
+    created_by: User
 
 
 class Channel(Struct):
@@ -181,7 +257,7 @@ class AuthOk(Ok, tag="ok"):
 
 
 class BootOk(Ok, tag="ok"):
-    user: User
+    user: Me
     epoch: str
     resume_point: int
     channels: list[Channel]
@@ -211,6 +287,24 @@ class HistoryOk(Ok, tag="ok"):
 class SubscribeOk(Ok, tag="ok"):
     epoch: str
     resume_point: int
+
+
+class UsersOk(Ok, tag="ok"):
+    users: list[Account]
+
+
+class AccountOk(Ok, tag="ok"):
+    """The reply to set_role, deactivate_user and reactivate_user."""
+
+    user: Account
+
+
+class InviteOk(Ok, tag="ok"):
+    invite: Invite
+
+
+class InvitesOk(Ok, tag="ok"):
+    invites: list[Invite]
 
 
 class Head(Struct):

@@ -71,7 +71,7 @@ async def test_auth_with_token_on_new_connection(daemon):
         assert set(r) == {"type", "ref", "user"}, r
         assert r["user"] == user
         boot = await ws.ok("boot")
-        assert boot["user"] == user
+        assert boot["user"] == {**user, "role": "admin"}
 
 
 async def test_auth_after_restart(daemon):
@@ -140,7 +140,7 @@ async def test_boot_snapshot(daemon):
     async with client(daemon.url, "alice") as ws:
         b0 = await ws.ok("boot")
         assert set(b0) == {"type", "ref", "user", "epoch", "resume_point", "channels"}, b0
-        assert b0["user"] == ws.me["user"]
+        assert b0["user"] == {**ws.me["user"], "role": "admin"}
         assert isinstance(b0["epoch"], str) and b0["epoch"]
         assert isinstance(b0["resume_point"], int) and b0["resume_point"] >= 0
         assert b0["channels"] == []

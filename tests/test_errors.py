@@ -262,6 +262,8 @@ async def test_unauthorized_wrong_password_and_bad_token(daemon):
 
 
 async def test_forbidden(daemon):
+    async with client(daemon.url, "root"):
+        pass  # the first account is the admin: alice and bob are members
     async with client(daemon.url, "alice") as alice, client(daemon.url, "bob") as bob:
         ch = (await alice.ok("create_channel", name="general"))["channel"]["id"]
         m = (await alice.ok("send", channel=ch, body="mine"))["message"]

@@ -16,9 +16,11 @@ import msgspec
 import pytest
 
 from chatd import wire
-from chatd.exceptions import Conflict, Forbidden, InternalError, NotFound
+from chatd.exceptions import Conflict, Forbidden, InternalError, NotFound, Unauthorized
 from chatd.ops import (
+    ChangePasswordOp,
     CreateChannelOp,
+    CreateInviteOp,
     CreateUserOp,
     DeleteChannelOp,
     DeleteMessageOp,
@@ -27,9 +29,12 @@ from chatd.ops import (
     IssueTokenOp,
     Op,
     Published,
+    RevokeInviteOp,
     RevokeTokenOp,
     SendOp,
     Sent,
+    SetActiveOp,
+    SetRoleOp,
     StoredUser,
 )
 from chatd.store import Store, open_store
@@ -173,7 +178,7 @@ async def test_users_and_tokens(opened: OpenStore) -> None:
     again = await one(store, CreateUserOp("ALICE", "alice", "hash2"))
     assert not again.created and (again.id, again.name, again.pw_hash) == (
         first.id, "Alice", "hash1")
-    assert await store.user_by_name("alice") == StoredUser(first.id, "Alice", "hash1")
+    assert await store.user_by_name("alice") == StoredUser(first.id, "Alice", "hash1", "admin")
     assert await store.user_by_name("bob") is None
     await one(store, IssueTokenOp(first.id, b"a" * 32, 5000))
     assert await store.user_by_token(b"a" * 32, 4999) == wire.User(first.id, "Alice")
@@ -192,6 +197,7 @@ async def test_users_and_tokens(opened: OpenStore) -> None:
 
 async def test_channel_names_and_deletion_rights(opened: OpenStore) -> None:
     store = await opened()
+    admin = await alice(store, "root")  # the first account is the admin
     a, b = await alice(store), await alice(store, "bob")
     channel = await one(store, CreateChannelOp(a, "General", "general"))
     with pytest.raises(Conflict, match="'General'"):
@@ -206,6 +212,9 @@ async def test_channel_names_and_deletion_rights(opened: OpenStore) -> None:
     with pytest.raises(NotFound):
         await one(store, DeleteMessageOp(b, "Mnope"))
     assert [m.id for m in (await store.history(channel.id, None, 10))[0]] == [sent.message.id]
+    # an admin may delete any message and any channel
+    assert await one(store, DeleteMessageOp(admin, sent.message.id)) == (sent.message.id, channel)
+    assert await one(store, DeleteChannelOp(admin, channel.id)) == channel
 
 
 async def test_delete_channel_cascades_and_bodies_leave_the_replay(opened: OpenStore) -> None:
@@ -228,7 +237,8 @@ async def test_delete_channel_cascades_and_bodies_leave_the_replay(opened: OpenS
         await store.history(channel.id, None, 10)
     with pytest.raises(NotFound):
         await one(store, SendOp(me, channel.id, "late", None))
-    seq, channels = await store.boot()
+    seq, me_as_booted, channels = await store.boot(me.id)
+    assert me_as_booted == wire.Me(me.id, me.name, "admin")
     assert channels == [other] and seq == events[-1].seq
     stream = await replay(store)
     bodies = [e.message.body for e in stream if e.message and e.message.body]
@@ -381,6 +391,88 @@ async def test_expiry_rounds_are_bounded(opened: OpenStore) -> None:
             break
     assert rounds == [2, 2, 1]
     assert [m.body for m in (await store.history(channel.id, None, 10))[0]] == ["new"]
+
+
+# ------------------------------------------------------------------ accounts
+
+
+async def test_roles_the_first_account_is_admin_and_one_always_stays(opened: OpenStore) -> None:
+    store = await opened()
+    root, bob = await alice(store, "root"), await alice(store, "bob")
+    assert [(u.name, u.role, u.active) for u in await store.users()] == [
+        ("bob", "member", True), ("root", "admin", True)]
+    with pytest.raises(Forbidden, match="set_role"):
+        await one(store, SetRoleOp(bob, bob.id, "admin"))
+    with pytest.raises(NotFound, match="user"):
+        await one(store, SetRoleOp(root, "Unope", "admin"))
+    with pytest.raises(Conflict, match="no active admin"):
+        await one(store, SetRoleOp(root, root.id, "member"))
+    with pytest.raises(Conflict, match="no active admin"):
+        await one(store, SetActiveOp(root, root.id, False))
+    assert await one(store, SetRoleOp(root, bob.id, "admin")) == wire.Account(
+        bob.id, "bob", "admin", True)
+    # two admins: either may step down now, but not both
+    assert (await one(store, SetRoleOp(bob, root.id, "member"))).role == "member"
+    with pytest.raises(Conflict):
+        await one(store, SetRoleOp(bob, bob.id, "member"))
+
+
+async def test_deactivation_ends_tokens_and_reactivation_lets_in_again(
+    opened: OpenStore,
+) -> None:
+    store = await opened()
+    root, bob = await alice(store, "root"), await alice(store, "bob")
+    await one(store, IssueTokenOp(bob.id, b"b" * 32, FAR))
+    account = await one(store, SetActiveOp(root, bob.id, False))
+    assert account == wire.Account(bob.id, "bob", "member", False)
+    assert await store.user_by_token(b"b" * 32, 1000) is None
+    assert not (await store.user_by_name("bob")).active  # type: ignore[union-attr]
+    await one(store, IssueTokenOp(bob.id, b"c" * 32, FAR))
+    assert await store.user_by_token(b"c" * 32, 1000) is None, "no login while inactive"
+    assert (await one(store, SetActiveOp(root, bob.id, True))).active
+    assert await store.user_by_token(b"c" * 32, 1000) == bob
+
+
+async def test_change_password_keeps_one_token(opened: OpenStore) -> None:
+    store = await opened()
+    me = await alice(store)
+    for t in (b"1", b"2", b"3"):
+        await one(store, IssueTokenOp(me.id, t * 32, FAR))
+    await one(store, ChangePasswordOp(me.id, "new-hash", b"2" * 32))
+    assert (await store.user(me.id)).pw_hash == "new-hash"  # type: ignore[union-attr]
+    assert await store.live_tokens({b"1" * 32, b"2" * 32, b"3" * 32}, 1000) == {b"2" * 32}
+
+
+async def test_invites(opened: OpenStore) -> None:
+    store = await opened()
+    root, bob = await alice(store, "root"), await alice(store, "bob")
+    with pytest.raises(Forbidden):
+        await one(store, CreateInviteOp(bob, "Ibob", b"x" * 32, 1, FAR))
+    invite = await one(store, CreateInviteOp(root, "I1", b"c" * 32, 2, 50_000))
+    assert invite == wire.Invite(id="I1", expires_at=wire.format_at(50_000), uses_left=2,
+                                 created_by=root)
+    short = await one(store, CreateInviteOp(root, "I2", b"s" * 32, 5, 2_000))
+    assert [i.id for i in await store.invites(root, 1000)] == ["I1", "I2"]
+    with pytest.raises(Forbidden):
+        await store.invites(bob, 1000)
+    with pytest.raises(Unauthorized, match="invite"):
+        await one(store, CreateUserOp("carol", "carol", "h", need_invite=True))
+    with pytest.raises(Unauthorized, match="invite"):
+        await one(store, CreateUserOp("carol", "carol", "h", b"wrong" * 6, need_invite=True))
+    with pytest.raises(Unauthorized, match="invite"):  # expired at 2000
+        await one(store, CreateUserOp("carol", "carol", "h", b"s" * 32, need_invite=True), 3000)
+    carol = await one(store, CreateUserOp("carol", "carol", "h", b"c" * 32, need_invite=True))
+    assert carol.created and carol.role == "member"
+    again = await one(store, CreateUserOp("carol", "carol", "h", b"c" * 32, need_invite=True))
+    assert not again.created, "an existing name uses no invite"
+    await one(store, CreateUserOp("dave", "dave", "h", b"c" * 32, need_invite=True))
+    with pytest.raises(Unauthorized, match="used up"):
+        await one(store, CreateUserOp("erin", "erin", "h", b"c" * 32, need_invite=True))
+    assert [i.id for i in await store.invites(root, 1000)] == [short.id]
+    await one(store, RevokeInviteOp(root, short.id))
+    with pytest.raises(NotFound, match="invite"):
+        await one(store, RevokeInviteOp(root, short.id))
+    assert await store.invites(root, 1000) == []
 
 
 # ------------------------------------------------- several writers, one database

@@ -35,23 +35,34 @@ from ._reconnect import Reconnector, backoff, close_quietly, describe
 from ._replies import (
     AUTH,
     BOOT,
+    CHANGE_PASSWORD,
     CREATE_CHANNEL,
+    CREATE_INVITE,
+    DEACTIVATE_USER,
     DELETE_CHANNEL,
     DELETE_MESSAGE,
     EVENT_FRAMES,
     HISTORY,
+    LIST_INVITES,
     LOGIN,
     LOGOUT,
     PING,
+    REACTIVATE_USER,
+    REVOKE_INVITE,
     SEND,
+    SET_ROLE,
     SUBSCRIBE,
     UNSUBSCRIBE,
+    USERS,
     Op,
     read_frame,
     reply,
 )
 from ._resend import Outbox, Pending, new_nonce
 from ._stream import Reset, StreamPosition, Subscription, patiently
+
+#: the server ended the token (logout elsewhere, password change, deactivation)
+CLOSE_TOKEN_ENDED = 4001
 
 # One logger for the whole client package: the name applications and clientcli configure.
 log = logging.getLogger("chatd.client")
@@ -93,6 +104,7 @@ class Client:
         name: str | None = None,
         password: str | None = None,
         token: str | None = None,
+        invite: str | None = None,
         timeout: float = 10.0,
         connect_timeout: float | None = None,
         reconnect_delays: Callable[[], Iterable[float]] = backoff,
@@ -104,6 +116,8 @@ class Client:
         self.url = url
         self._name = name
         self._password = password
+        #: an invite code for a server with closed sign-up (used by the first login)
+        self._invite = invite
         self._token = token
         self.user: wire.User | None = None
         self._timeout = timeout
@@ -118,6 +132,8 @@ class Client:
         self._reconnector = Reconnector(url, reconnect_delays, options)
 
         self._outbox = Outbox()
+        #: why the server ended this client's token (close 4001), if it did
+        self._token_ended: str | None = None
         self._conn: ClientConnection | None = None
         self._ready = False  # logged in, resubscribed and flushed: commands go out directly
         self._closed = False
@@ -226,6 +242,45 @@ class Client:
     ) -> wire.HistoryOk:
         cmd = wire.History(channel=channel_id, before=before, limit=limit)
         return await self._call(HISTORY, lambda: cmd)
+
+    # ---------------------------------------------------------------- accounts
+
+    async def users(self) -> wire.UsersOk:
+        return await self._call(USERS, wire.Users)
+
+    async def change_password(self, password: str, new_password: str) -> wire.Ok:
+        """Change this user's password; the server ends every other token of it
+        (their connections close with 4001) and keeps this client's. A client
+        made with a password logs in with ``new_password`` from now on."""
+        cmd = wire.ChangePassword(password=password, new_password=new_password)
+        ok = await self._call(CHANGE_PASSWORD, lambda: cmd)
+        if self._password is not None:
+            self._password = new_password
+        return ok
+
+    async def create_invite(self, uses: int = 1, ttl: int = 604_800) -> wire.InviteOk:
+        """An invite for ``uses`` accounts, valid ``ttl`` seconds (admin only)."""
+        cmd = wire.CreateInvite(uses=uses, ttl=ttl)
+        return await self._call(CREATE_INVITE, lambda: cmd)
+
+    async def list_invites(self) -> wire.InvitesOk:
+        return await self._call(LIST_INVITES, wire.ListInvites)
+
+    async def revoke_invite(self, invite_id: str) -> wire.Ok:
+        cmd = wire.RevokeInvite(invite=invite_id)
+        return await self._call(REVOKE_INVITE, lambda: cmd)
+
+    async def set_role(self, user_id: str, role: str) -> wire.AccountOk:
+        cmd = wire.SetRole(user=user_id, role=role)  # type: ignore[arg-type]
+        return await self._call(SET_ROLE, lambda: cmd)
+
+    async def deactivate_user(self, user_id: str) -> wire.AccountOk:
+        cmd = wire.DeactivateUser(user=user_id)
+        return await self._call(DEACTIVATE_USER, lambda: cmd)
+
+    async def reactivate_user(self, user_id: str) -> wire.AccountOk:
+        cmd = wire.ReactivateUser(user=user_id)
+        return await self._call(REACTIVATE_USER, lambda: cmd)
 
     async def logout(self) -> wire.Ok:
         """End this client's token on the server, then close the client."""
@@ -393,9 +448,11 @@ class Client:
                 log.info("token refused; logging in again as %s", self._name)
                 self._token = None
         if self._token is None:
-            assert self._name is not None and self._password is not None
+            if self._name is None or self._password is None:
+                raise Unauthorized(f"token: {self._token_ended or 'refused'}; log in again")
             login = await self._direct(
-                conn, wire.Login(name=self._name, password=self._password), LOGIN
+                conn, wire.Login(name=self._name, password=self._password, invite=self._invite),
+                LOGIN
             )
             self._token = login.token
             self.user = login.user
@@ -467,6 +524,11 @@ class Client:
         if not self._closed:
             reason = f" {conn.close_reason}" if conn.close_reason else ""
             log.info("connection to %s closed (code %s%s)", self.url, conn.close_code, reason)
+        if conn.close_code == CLOSE_TOKEN_ENDED:
+            # The server ended the token: never present it again. With a password
+            # the reconnect logs in afresh; without one the client gives up.
+            self._token = None
+            self._token_ended = conn.close_reason or "the token was ended"
         self._outbox.dropped(conn.close_code)
 
     def _dispatch(self, raw: str | bytes) -> None:

@@ -48,6 +48,16 @@ IDEMPOTENT: Mapping[type[wire.Command], bool] = MappingProxyType(
         wire.DeleteChannel: False,
         wire.DeleteMessage: False,
         wire.Logout: False,
+        wire.Users: True,
+        wire.ListInvites: True,
+        # Setting a role or the active flag twice ends where once did.
+        wire.SetRole: True,
+        wire.DeactivateUser: True,
+        wire.ReactivateUser: True,
+        # A second would find the old password wrong, a second invite, a missing one.
+        wire.ChangePassword: False,
+        wire.CreateInvite: False,
+        wire.RevokeInvite: False,
     }
 )
 

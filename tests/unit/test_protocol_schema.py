@@ -38,6 +38,14 @@ REPLIES: dict[type[wire.Command], type[wire.Ok]] = {
     wire.History: wire.HistoryOk,
     wire.Subscribe: wire.SubscribeOk,
     wire.Unsubscribe: wire.Ok,
+    wire.ChangePassword: wire.Ok,
+    wire.Users: wire.UsersOk,
+    wire.CreateInvite: wire.InviteOk,
+    wire.ListInvites: wire.InvitesOk,
+    wire.RevokeInvite: wire.Ok,
+    wire.SetRole: wire.AccountOk,
+    wire.DeactivateUser: wire.AccountOk,
+    wire.ReactivateUser: wire.AccountOk,
 }
 OK_TYPES: list[type[wire.Ok]] = [s for s in protocol_schema.server_frames()
                                  if issubclass(s, wire.Ok)]

@@ -297,8 +297,10 @@ async def test_logout_ends_the_token_on_other_sessions(start: Any) -> None:
     await other.replies(1)
     h.peer.command("logout", "out")
     await h.replies(2)
-    other.peer.command("boot", "b")
-    replies = await other.replies(2)
-    assert replies[-1]["code"] == "unauthorized"
-    other.peer.end()
+    await other.sink.wait_for(lambda: other.sink.closed is not None)
+    assert other.sink.closed == (4001, "logged out elsewhere")
+    assert other.session.user is None
+    h.peer.command("boot", "b")
+    assert (await h.replies(3))[-1]["code"] == "unauthorized"
+    assert h.sink.closed is None, "the connection that logged out stays open"
     await other.task
