@@ -18,7 +18,7 @@ from collections.abc import Callable, Coroutine, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from . import __version__, clientcli
+from . import __version__, admincli, clientcli
 from .config import Config, Flag, flags, parse_duration, parse_size
 from .exceptions import StartupError
 
@@ -264,6 +264,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     serve = add_serve(sub)
     clientcli.register(sub)
+    admincli.register(sub)
     flags = [f for a in serve._actions if a.option_strings and a.help != argparse.SUPPRESS
              for f in a.option_strings if f not in ("-h", "--help")]
     parser.epilog = textwrap.fill(

@@ -28,6 +28,7 @@ from typing import Any, TextIO
 
 from . import wire
 from .client import DEFAULT_URL, Client, Reset, backoff
+from .config import parse_duration
 from .exceptions import ChatdError, ProtocolError, Unauthorized
 from .validate import name_key
 
@@ -211,6 +212,25 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="only this channel (name or id); repeatable",
     )
     p.add_argument("--json", action="store_true", help="print each event's wire object")
+    add("users", cmd_users, "list the users: id, name, role, state")
+    p = add("passwd", cmd_passwd, "change your password (asks for the current and the new one)")
+    p.add_argument(
+        "--password-stdin", action="store_true",
+        help="read the current and the new password from two lines of stdin",
+    )
+    p = add("invite", cmd_invite, "invites for closed sign-up (admins): create, list, revoke")
+    p.add_argument("action", choices=["create", "list", "revoke"])
+    p.add_argument("invite", nargs="?", metavar="ID", help="the invite to revoke")
+    p.add_argument("--uses", type=int, default=1, help="accounts it may make (default 1)")
+    p.add_argument("--ttl", default="7d", help="how long it is valid (default 7d)")
+    for name, text in (("set-role", "make a user an admin or a member (admins)"),
+                       ("deactivate", "deactivate a user (admins)"),
+                       ("reactivate", "reactivate a user (admins)")):
+        p = add(name, cmd_account, text)
+        p.set_defaults(account_action=name)
+        p.add_argument("name", help="user name")
+        if name == "set-role":
+            p.add_argument("role", choices=["admin", "member"])
 
 
 def _run(
@@ -397,4 +417,95 @@ async def _tail(args: argparse.Namespace) -> int:
                 _print(wire.encode(item).decode())
             else:
                 _print(format_event(item))
+    return 0
+
+
+def cmd_users(args: argparse.Namespace) -> int:
+    return _run(args, _users)
+
+
+def _account_line(user: wire.Account) -> str:
+    state = "active" if user.active else "inactive"
+    return f"{user.id}\t{escape(user.name)}\t{user.role}\t{state}"
+
+
+async def _users(args: argparse.Namespace) -> int:
+    async with _client(args, ONE_SHOT_DELAYS) as client:
+        ok = await client.users()
+    for user in ok.users:
+        _print(_account_line(user))
+    return 0
+
+
+def cmd_passwd(args: argparse.Namespace) -> int:
+    return _run(args, _passwd)
+
+
+async def _passwd(args: argparse.Namespace) -> int:
+    if args.password_stdin:
+        lines = sys.stdin.read().splitlines()
+        if len(lines) < 2:
+            raise CliError("--password-stdin: give the current and the new password, a line each")
+        current, new = lines[0], lines[1]
+    else:
+        try:
+            current = getpass.getpass("current password: ")
+            new = getpass.getpass("new password: ")
+            if getpass.getpass("new password again: ") != new:
+                raise CliError("the new passwords differ")
+        except EOFError:
+            raise CliError("no password given (use --password-stdin to pipe them)") from None
+    async with _client(args, ONE_SHOT_DELAYS) as client:
+        await client.change_password(current, new)
+    _print("password changed; your other sessions are logged out")
+    return 0
+
+
+def cmd_invite(args: argparse.Namespace) -> int:
+    return _run(args, _invite)
+
+
+async def _invite(args: argparse.Namespace) -> int:
+    async with _client(args, ONE_SHOT_DELAYS) as client:
+        if args.action == "create":
+            try:
+                ttl = int(parse_duration(args.ttl))
+            except ValueError as exc:
+                raise CliError(f"--ttl: {exc}") from None
+            invite = (await client.create_invite(args.uses, ttl)).invite
+            _print(f"{invite.id}\t{invite.code}\t{invite.uses_left} use(s) until "
+                   f"{invite.expires_at}")
+            # The link carries the code in its fragment: browsers never send that.
+            page = args.url.replace("ws://", "http://").replace("wss://", "https://")
+            _print(f"link: {page.removesuffix('/ws')}/#invite={invite.code}")
+        elif args.action == "list":
+            for invite in (await client.list_invites()).invites:
+                _print(f"{invite.id}\t{invite.uses_left} use(s) until {invite.expires_at}"
+                       f"\tby {escape(invite.created_by.name)}")
+        else:
+            if not args.invite:
+                raise CliError("revoke: which invite? (chatd invite list)")
+            await client.revoke_invite(args.invite)
+            _print(f"revoked {args.invite}")
+    return 0
+
+
+def cmd_account(args: argparse.Namespace) -> int:
+    return _run(args, _account)
+
+
+async def _account(args: argparse.Namespace) -> int:
+    async with _client(args, ONE_SHOT_DELAYS) as client:
+        key = name_key(args.name.strip())
+        found = [u for u in (await client.users()).users if name_key(u.name) == key]
+        if not found:
+            raise CliError(f"no user named {args.name!r} (see 'chatd users')")
+        user = found[0]
+        if args.account_action == "set-role":
+            ok = await client.set_role(user.id, args.role)
+        elif args.account_action == "reactivate":
+            ok = await client.reactivate_user(user.id)
+        else:
+            ok = await client.deactivate_user(user.id)
+    _print(_account_line(ok.user))
     return 0

@@ -34,6 +34,8 @@ class CreateUserOp:
     pw_hash: str
     invite: bytes | None = None
     need_invite: bool = False
+    #: the operator's ``chatd user add`` chooses the role itself
+    role: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,7 +49,8 @@ class ChangePasswordOp:
 
 @dataclass(frozen=True, slots=True)
 class SetRoleOp:
-    actor: wire.User
+    #: None: the operator on the server's machine (``chatd user``), no admin check
+    actor: wire.User | None
     user_id: str
     role: str
 
@@ -56,7 +59,8 @@ class SetRoleOp:
 class SetActiveOp:
     """Deactivate (ending every token of the user) or reactivate a user."""
 
-    actor: wire.User
+    #: None: the operator on the server's machine (``chatd user``), no admin check
+    actor: wire.User | None
     user_id: str
     active: bool
 

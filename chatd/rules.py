@@ -234,7 +234,7 @@ class Rules:
         elif op.need_invite:
             raise Unauthorized("name: no such user, and sign-up needs an invite")
         # The first account of a database is its admin.
-        role = "member" if tx.any_user() else "admin"
+        role = op.role or ("member" if tx.any_user() else "admin")
         if invite is not None:
             tx.use_invite(invite[0])
         user_id = new_id("U")
@@ -243,9 +243,10 @@ class Rules:
 
     # ------------------------------------------------------------ accounts
 
-    def _admin(self, tx: WriteTx, user: wire.User, what: str) -> None:
-        """Refuse ``what`` unless ``user`` is an active admin, as of this transaction."""
-        if not is_admin(tx.user(user.id)):
+    def _admin(self, tx: WriteTx, user: wire.User | None, what: str) -> None:
+        """Refuse ``what`` unless ``user`` is an active admin, as of this transaction
+        (None is the operator on the server's machine: always allowed)."""
+        if user is not None and not is_admin(tx.user(user.id)):
             raise Forbidden(f"{what}: only an admin may do this")
 
     def _account(self, tx: WriteTx, user_id: str) -> AccountRow:
