@@ -103,7 +103,8 @@ class Harness:
         self.token = ""
         self._login_user()
         other = self._connect()
-        self._ok(other, {"op": "login", "name": "fz-other", "password": PASSWORD})
+        them = self._ok(other, {"op": "login", "name": "fz-other", "password": PASSWORD})
+        self.slots["user_other"] = them["user"]["id"]
         ch = self._ok(other, {"op": "create_channel", "name": "fz-others"})["channel"]["id"]
         msg = self._ok(other, {"op": "send", "channel": ch, "body": "not yours"})
         other.close()
@@ -135,7 +136,7 @@ class Harness:
     def _login_user(self) -> None:
         r = self._ok(self.user, {"op": "login", "name": "fz-me", "password": PASSWORD})
         self.token = r["token"]
-        self.slots.update(token=self.token, name_me="fz-me")
+        self.slots.update(token=self.token, name_me="fz-me", user_me=r["user"]["id"])
 
     def _replenish(self) -> None:
         """Make sure the ids in ``slots`` exist: fuzzed deletes may have removed them."""
@@ -210,6 +211,18 @@ class Harness:
                 self._login_user()
         if op == "delete_message":
             self.slots["msg_own"] = None
+        # Account changes are undone at once, so that fz-me stays the only admin
+        # (it can never deactivate or demote itself) and keeps its password.
+        cmd = json.loads(data)
+        if op == "set_role":
+            self._ok(self.user, {"op": "set_role", "user": cmd["user"],
+                                 "role": "admin" if cmd["user"] == self.slots["user_me"]
+                                 else "member"})
+        if op == "deactivate_user":
+            self._ok(self.user, {"op": "reactivate_user", "user": cmd["user"]})
+        if op == "change_password":
+            self._ok(self.user, {"op": "change_password", "password": cmd["new_password"],
+                                 "new_password": PASSWORD})
         if op in ("delete_message", "delete_channel", "logout"):
             self._replenish()
 
@@ -318,7 +331,8 @@ json_values = st.recursive(
     max_leaves=12,
 )
 slots = st.sampled_from(["chan_own", "chan_other", "msg_own", "msg_other", "epoch", "token",
-                         "name_me", "name_other", "resume_point"]).map(Slot)
+                         "name_me", "name_other", "resume_point", "user_me",
+                         "user_other"]).map(Slot)
 field_value = st.one_of(slots, json_values, odd_text, st.lists(slots, max_size=3))
 
 OPS: dict[str, list[str]] = {
@@ -334,6 +348,14 @@ OPS: dict[str, list[str]] = {
     "history": ["channel", "before", "limit"],
     "subscribe": ["since", "epoch", "channels"],
     "unsubscribe": [],
+    "change_password": ["password", "new_password"],
+    "users": [],
+    "create_invite": ["uses", "ttl"],
+    "list_invites": [],
+    "revoke_invite": ["invite"],
+    "set_role": ["user", "role"],
+    "deactivate_user": ["user"],
+    "reactivate_user": ["user"],
 }
 ALL_FIELDS = sorted({f for fs in OPS.values() for f in fs})
 # Well-typed values for each field, so that examples get past decoding to the deep
@@ -353,6 +375,12 @@ GOOD: dict[str, st.SearchStrategy[Any]] = {
     "limit": st.integers(-2, 502),
     "epoch": st.one_of(st.just(Slot("epoch")), st.text(max_size=20)),
     "channels": st.lists(st.one_of(slots, st.text(max_size=5)), max_size=4),
+    "new_password": st.one_of(st.just(PASSWORD), odd_text),
+    "uses": st.integers(-2, 1002),
+    "ttl": st.integers(-5, 3_000_000),
+    "invite": st.one_of(st.sampled_from(["I", "Inope", Slot("user_me")]), odd_text),
+    "user": st.sampled_from([Slot("user_me"), Slot("user_other"), "U", "Unope", Slot("chan_own")]),
+    "role": st.one_of(st.sampled_from(["admin", "member", "Admin", "owner", ""]), odd_text),
 }
 refs = st.one_of(st.none(), st.integers(), st.text(max_size=70), json_values)
 good_refs = st.one_of(st.integers(), st.text(max_size=64))
