@@ -20,9 +20,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import sqlite3
-from collections.abc import AsyncIterator, Callable
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import AbstractAsyncContextManager, asynccontextmanager, suppress
+from contextlib import (
+    AbstractAsyncContextManager,
+    asynccontextmanager,
+    contextmanager,
+    suppress,
+)
 from importlib import resources
 from pathlib import Path
 from typing import Any, TypeVar
@@ -30,8 +36,10 @@ from typing import Any, TypeVar
 import aiosqlite
 import msgspec
 
+from . import migrations
 from .crypto import new_epoch
 from .exceptions import StartupError
+from .migrations import SCHEMA_VERSION, Migration
 from .sendbuffer import SendBuffer
 from .sqlrows import RowStatements
 from .storage import ChannelRow, MessageRow, NonceRow, UserRow, WriteTx
@@ -40,9 +48,6 @@ T = TypeVar("T")
 
 log = logging.getLogger("chatd.store")
 
-SCHEMA_VERSION = 1
-#: version -> SQL that upgrades a database from version-1 to version.
-MIGRATIONS: dict[int, str] = {}
 
 
 def schema_sql() -> str:
@@ -192,6 +197,9 @@ class SqliteBackend:
         self._pool: asyncio.Queue[aiosqlite.Connection] = asyncio.Queue()
         self._readers: list[aiosqlite.Connection] = []
         self._dirty: set[aiosqlite.Connection] = set()
+        #: what open() did to the schema: made it, and the migrations it applied
+        self.created = False
+        self.migrated: list[Migration] = []
 
     # ------------------------------------------------------------ lifecycle
 
@@ -224,27 +232,17 @@ class SqliteBackend:
         conn.execute("PRAGMA synchronous = FULL")
         # A deleted body must not linger in freed pages either (FAST: no extra I/O).
         conn.execute("PRAGMA secure_delete = FAST")
-        exists = conn.execute(
-            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'meta'"
-        ).fetchone()
-        if not exists:
-            self._create(conn)
-        meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
-        version = int(meta["schema_version"])
-        if version > SCHEMA_VERSION:
-            raise StartupError(
-                f"{self.path}: schema version {version} is newer than this chatd ({SCHEMA_VERSION})"
-            )
-        for v in range(version + 1, SCHEMA_VERSION + 1):
-            conn.executescript(f"BEGIN IMMEDIATE; {MIGRATIONS[v]}; COMMIT;")
-            conn.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(v),))
-        self.epoch = meta["epoch"]
+        self.created = self._create(conn)
+        self.migrated = migrate(conn, self.path)
+        self.epoch = conn.execute("SELECT value FROM meta WHERE key = 'epoch'").fetchone()[0]
         self._w = conn
 
     @staticmethod
-    def _create(conn: sqlite3.Connection) -> None:
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+    def _create(conn: sqlite3.Connection) -> bool:
+        """Make the schema of a new database; whether it was new."""
+        with _schema_tx(conn):
+            if _has_meta(conn):
+                return False
             for statement in _split_sql(schema_sql()):
                 conn.execute(statement)
             conn.executemany(
@@ -256,10 +254,11 @@ class SqliteBackend:
                     ("horizon", "0"),
                 ],
             )
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
+            conn.execute(
+                "INSERT INTO migrations(version, name, applied_ms) VALUES (?, ?, ?)",
+                (SCHEMA_VERSION, migrations.CREATED, int(time.time() * 1000)),
+            )
+        return True
 
     def _close_writer(self) -> None:
         if self._w is not None:
@@ -405,6 +404,47 @@ class _SqliteSnapshot:
             " ORDER BY seq LIMIT ?",
             (after, upto, msgspec.json.encode(sorted(channels)).decode(), limit),
         )
+
+
+def _has_meta(conn: sqlite3.Connection) -> bool:
+    row = conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'meta'")
+    return row.fetchone() is not None
+
+
+@contextmanager
+def _schema_tx(conn: sqlite3.Connection) -> Iterator[None]:
+    """A transaction holding sqlite's write lock: one process changes the schema."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+
+
+def schema_version(conn: sqlite3.Connection) -> int:
+    row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+    if row is None:
+        raise StartupError("meta has no schema_version: not a chatd database")
+    return int(row[0])
+
+
+def migrate(conn: sqlite3.Connection, where: str) -> list[Migration]:
+    """Apply the pending migrations of :mod:`chatd.migrations`, one transaction each."""
+
+    def apply(m: Migration) -> None:
+        for statement in _split_sql(m.sqlite):
+            conn.execute(statement)
+        for sql, args in zip(
+            migrations.RECORD, migrations.record_args(m, int(time.time() * 1000)), strict=True
+        ):
+            conn.execute(sql, args)
+
+    return migrations.upgrade(
+        lambda: _schema_tx(conn), lambda: schema_version(conn), apply, where
+    )
 
 
 def _split_sql(script: str) -> list[str]:

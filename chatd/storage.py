@@ -31,6 +31,8 @@ from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 from typing import Protocol, TypeVar
 
+from .migrations import Migration
+
 T = TypeVar("T")
 
 #: (id, name, pw_hash)
@@ -199,6 +201,10 @@ class Backend(Protocol):
     #: other processes may commit events to this database (several nodes): the
     #: daemon's fanout must then tail the events table (chatd.feed.TailFeed).
     shared: bool
+    #: what :meth:`open` did to the schema: created a new database, and the
+    #: migrations (:mod:`chatd.migrations`) it applied, in order.
+    created: bool
+    migrated: list[Migration]
 
     async def listen(self, wake: Callable[[], None]) -> None:
         """Call ``wake`` whenever another process may have committed events.
