@@ -61,7 +61,7 @@ from .exceptions import StartupError, Unavailable
 from .migrations import SCHEMA_VERSION, Migration
 from .sendbuffer import SendBuffer
 from .sqlrows import RowStatements
-from .storage import ChannelRow, MessageRow, NonceRow, UserRow, WriteTx
+from .storage import AccountRow, ChannelRow, MessageRow, NonceRow, UserRow, WriteTx
 
 T = TypeVar("T")
 
@@ -658,3 +658,17 @@ class _PgSnapshot:
             " AND channel_id = ANY(%s) ORDER BY seq LIMIT %s",
             (after, upto, [c for c in channels if "\x00" not in c], limit),
         )
+
+    async def users(self) -> list[AccountRow]:
+        return await self._rows(
+            'SELECT id, name, role, active FROM users ORDER BY created_ms, id COLLATE "C"'
+        )
+
+    async def messages_after(self, channel_id: str, after: int, limit: int) -> list[MessageRow]:
+        rows = await self._rows(
+            "SELECT id, seq, at_ms, sender_id, sender_name, body FROM messages"
+            " WHERE channel_id = %s AND seq > %s ORDER BY seq LIMIT %s",
+            (channel_id, after, limit),
+        )
+        return [(i, seq, at_ms, uid, name, body.decode())
+                for i, seq, at_ms, uid, name, body in rows]

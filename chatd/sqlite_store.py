@@ -42,7 +42,7 @@ from .exceptions import StartupError
 from .migrations import SCHEMA_VERSION, Migration
 from .sendbuffer import SendBuffer
 from .sqlrows import RowStatements
-from .storage import ChannelRow, MessageRow, NonceRow, UserRow, WriteTx
+from .storage import AccountRow, ChannelRow, MessageRow, NonceRow, UserRow, WriteTx
 
 T = TypeVar("T")
 
@@ -403,6 +403,19 @@ class _SqliteSnapshot:
             " AND channel_id IN (SELECT value FROM json_each(?))"
             " ORDER BY seq LIMIT ?",
             (after, upto, msgspec.json.encode(sorted(channels)).decode(), limit),
+        )
+
+    async def users(self) -> list[AccountRow]:
+        rows = await self._rows(
+            "SELECT id, name, role, active FROM users ORDER BY created_ms, id"
+        )
+        return [(i, name, role, bool(active)) for i, name, role, active in rows]
+
+    async def messages_after(self, channel_id: str, after: int, limit: int) -> list[MessageRow]:
+        return await self._rows(
+            "SELECT id, seq, at_ms, sender_id, sender_name, body FROM messages"
+            " WHERE channel_id = ? AND seq > ? ORDER BY seq LIMIT ?",
+            (channel_id, after, limit),
         )
 
 

@@ -45,6 +45,8 @@ MessageKey = tuple[int, str, str]
 NonceRow = tuple[str, int, int, str, str, str | None]
 #: (id, seq, at_ms, sender_id, sender_name, body)
 MessageRow = tuple[str, int, int, str, str, str]
+#: (id, name, role, active)
+AccountRow = tuple[str, str, str, bool]
 
 
 class WriteTx(Protocol):
@@ -192,6 +194,14 @@ class Snapshot(Protocol):
         self, after: int, upto: int, channels: frozenset[str] | None, limit: int
     ) -> list[tuple[int, bytes]]:
         """(seq, frame) of retained events in (after, upto], of ``channels`` if given."""
+        ...
+
+    async def users(self) -> list[AccountRow]:
+        """Every account, oldest first (created_ms, then id)."""
+        ...
+
+    async def messages_after(self, channel_id: str, after: int, limit: int) -> list[MessageRow]:
+        """The oldest ``limit`` messages of the channel with seq > after, oldest first."""
         ...
 
 
