@@ -635,14 +635,19 @@ class _PgSnapshot:
         )
         return row
 
-    async def messages(self, channel_id: str, before: int, limit: int) -> list[MessageRow]:
+    async def _messages(self, where: str, args: tuple[Any, ...]) -> list[MessageRow]:
+        """Message rows with their bodies decoded (BYTEA: UTF-8)."""
         rows = await self._rows(
-            "SELECT id, seq, at_ms, sender_id, sender_name, body FROM messages"
-            " WHERE channel_id = %s AND seq < %s ORDER BY seq DESC LIMIT %s",
-            (channel_id, before, limit),
+            "SELECT id, seq, at_ms, sender_id, sender_name, body FROM messages " + where, args
         )
         return [(i, seq, at_ms, uid, name, body.decode())
                 for i, seq, at_ms, uid, name, body in rows]
+
+    async def messages(self, channel_id: str, before: int, limit: int) -> list[MessageRow]:
+        return await self._messages(
+            "WHERE channel_id = %s AND seq < %s ORDER BY seq DESC LIMIT %s",
+            (channel_id, before, limit),
+        )
 
     async def events(
         self, after: int, upto: int, channels: frozenset[str] | None, limit: int
@@ -665,10 +670,6 @@ class _PgSnapshot:
         )
 
     async def messages_after(self, channel_id: str, after: int, limit: int) -> list[MessageRow]:
-        rows = await self._rows(
-            "SELECT id, seq, at_ms, sender_id, sender_name, body FROM messages"
-            " WHERE channel_id = %s AND seq > %s ORDER BY seq LIMIT %s",
-            (channel_id, after, limit),
+        return await self._messages(
+            "WHERE channel_id = %s AND seq > %s ORDER BY seq LIMIT %s", (channel_id, after, limit)
         )
-        return [(i, seq, at_ms, uid, name, body.decode())
-                for i, seq, at_ms, uid, name, body in rows]
