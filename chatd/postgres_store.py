@@ -665,9 +665,7 @@ class _PgSnapshot:
         )
 
     async def users(self) -> list[AccountRow]:
-        return await self._rows(
-            'SELECT id, name, role, active FROM users ORDER BY created_ms, id COLLATE "C"'
-        )
+        return await self._rows("SELECT id, name, role, active FROM users ORDER BY name_key")
 
     async def messages_after(self, channel_id: str, after: int, limit: int) -> list[MessageRow]:
         return await self._messages(

@@ -406,10 +406,7 @@ class _SqliteSnapshot:
         )
 
     async def users(self) -> list[AccountRow]:
-        rows = await self._rows(
-            "SELECT id, name, role, active FROM users ORDER BY created_ms, id"
-        )
-        return [(i, name, role, bool(active)) for i, name, role, active in rows]
+        return await self._rows("SELECT id, name, role, active FROM users ORDER BY name_key")
 
     async def messages_after(self, channel_id: str, after: int, limit: int) -> list[MessageRow]:
         return await self._rows(

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
-from typing import Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from .migrations import Migration
 
@@ -46,7 +46,7 @@ NonceRow = tuple[str, int, int, str, str, str | None]
 #: (id, seq, at_ms, sender_id, sender_name, body)
 MessageRow = tuple[str, int, int, str, str, str]
 #: (id, name, role, active)
-AccountRow = tuple[str, str, str, bool]
+AccountRow = tuple[str, str, str, Any]
 
 
 class WriteTx(Protocol):
@@ -197,7 +197,7 @@ class Snapshot(Protocol):
         ...
 
     async def users(self) -> list[AccountRow]:
-        """Every account, oldest first (created_ms, then id)."""
+        """Every user, by name."""
         ...
 
     async def messages_after(self, channel_id: str, after: int, limit: int) -> list[MessageRow]:

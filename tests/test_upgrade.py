@@ -255,8 +255,8 @@ async def test_a_version_1_postgresql_database_migrates(pg_url: str) -> None:
         async with store.backend.snapshot() as snap:
             assert await snap.users() == [
                 (ids["alice"], "alice", "admin", True),
-                (ids["carol"], "carol", "member", True),
                 (ids["bob"], "bob", "member", True),
+                (ids["carol"], "carol", "member", True),
             ]
         messages, _ = await store.history("Cg", None, 10)
         assert [m.body for m in messages] == ["one", "two"]
