@@ -1,5 +1,7 @@
--- chatd schema, version 2. The store applies this file to a new database and
--- records the version in meta('schema_version'); later versions add migrations.
+-- chatd schema, version 2: a new database. The store applies this file to a new
+-- database and records the version in meta('schema_version'); a database made
+-- at an older version is brought here by chatd/migrations.py (version 1 is
+-- chatd 0.1.0's schema). A change here needs a migration there.
 -- Times are integer milliseconds since the Unix epoch (UTC).
 
 CREATE TABLE meta (
@@ -15,20 +17,12 @@ CREATE TABLE users (
     name_key   TEXT NOT NULL UNIQUE,      -- casefold(NFKC(name)): the identity of a name
     pw_hash    TEXT NOT NULL,             -- scrypt$n$r$p$salt$hash
     created_ms INTEGER NOT NULL,
-    role       TEXT NOT NULL DEFAULT 'member' CHECK (role IN ('admin', 'member')),
-    active     INTEGER NOT NULL DEFAULT 1,
-    created_seq INTEGER NOT NULL DEFAULT 0 -- the stream position when the account was made
+    -- version 2 (added last by its migration, so both paths give one column order):
+    role        TEXT NOT NULL DEFAULT 'member'
+        CHECK (role IN ('admin', 'member')),
+    active      INTEGER NOT NULL DEFAULT 1 CHECK (active IN (0, 1)),
+    created_seq INTEGER NOT NULL DEFAULT 0  -- the stream position when the account was made
 ) WITHOUT ROWID;
-
-CREATE TABLE invites (
-    id         TEXT PRIMARY KEY,
-    code_hash  BLOB NOT NULL UNIQUE,      -- sha256 of the code; the code itself is never stored
-    created_by TEXT NOT NULL,
-    created_ms INTEGER NOT NULL,
-    expires_ms INTEGER NOT NULL,
-    uses_left  INTEGER NOT NULL
-) WITHOUT ROWID;
-CREATE INDEX invites_expiry ON invites(expires_ms);
 
 CREATE TABLE tokens (
     hash       BLOB PRIMARY KEY,          -- sha256 of the bearer token; the token itself is never stored
@@ -83,3 +77,23 @@ CREATE TABLE nonces (
     PRIMARY KEY (user_id, nonce)
 ) WITHOUT ROWID;
 CREATE INDEX nonces_at ON nonces(at_ms);
+
+-- Invites (version 2): a code lets a new account sign up while open sign-up is
+-- off. Only the code's sha256 is kept.
+CREATE TABLE invites (
+    id         TEXT PRIMARY KEY,
+    code_hash  BLOB NOT NULL UNIQUE,
+    created_by TEXT NOT NULL,
+    created_ms INTEGER NOT NULL,
+    expires_ms INTEGER NOT NULL,
+    uses_left  INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX invites_expiry ON invites(expires_ms);
+
+-- One row per schema change: the creation of the database (name 'new database')
+-- and each migration applied since, with its time.
+CREATE TABLE migrations (
+    version    INTEGER PRIMARY KEY,
+    name       TEXT NOT NULL,
+    applied_ms INTEGER NOT NULL
+);

@@ -1,5 +1,6 @@
-"""The ``chatd`` command: ``chatd serve`` runs the daemon; client commands come
-from :mod:`chatd.clientcli`. Every ``serve`` flag can also come from an
+"""The ``chatd`` command: ``chatd serve`` runs the daemon; ``chatd migrate``,
+``backup`` and ``export`` work on its database (:mod:`chatd.dbtools`); client
+commands come from :mod:`chatd.clientcli`. Every ``serve`` flag can also come from an
 environment variable ``CHATD_<FLAG>`` (``--max-frame`` is ``CHATD_MAX_FRAME``);
 a flag on the command line wins.
 """
@@ -146,6 +147,41 @@ def add_serve(
     return p
 
 
+def add_db_tools(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """``chatd migrate``, ``backup`` and ``export``: the database, without a daemon
+    (:mod:`chatd.dbtools`)."""
+    db = argparse.ArgumentParser(add_help=False)
+    env_db = os.environ.get("CHATD_DB") or DEFAULTS.db
+    db.add_argument("--db", default=env_db,
+                    help="sqlite database file or postgresql:// URL "
+                    f"(env CHATD_DB; default {DEFAULTS.db})")
+
+    def add(name: str, text: str, more: str = "") -> argparse.ArgumentParser:
+        return sub.add_parser(name, parents=[db], help=text, description=text + more)
+
+    p = add("migrate", "upgrade the database's schema to this chatd's version",
+            ". chatd serve does the same at start; this needs no daemon and prints what it "
+            "applied (or 'up to date'). A database newer than this chatd is refused.")
+    p.set_defaults(func=lambda a: _tools().run_migrate(a.db))
+    p = add("backup", "copy a sqlite database, also while chatd serves it",
+            " (sqlite's online backup API; written to a temporary file, checked, renamed "
+            "to OUT); prints the copy's epoch and seq. PostgreSQL: use pg_dump.")
+    p.add_argument("out", metavar="OUT", help="the backup file to write")
+    p.set_defaults(func=lambda a: _tools().run_backup(a.db, a.out))
+    p = add("export", "write users, channels and messages as JSON lines",
+            ": one line per user (no secrets), then each channel and its messages in seq "
+            "order, from one snapshot.")
+    p.add_argument("--channel", metavar="ID", help="only this channel (and the users)")
+    p.add_argument("--out", metavar="FILE", help="write here instead of stdout")
+    p.set_defaults(func=lambda a: _tools().run_export(a.db, a.channel, a.out))
+
+
+def _tools() -> Any:
+    from . import dbtools
+
+    return dbtools
+
+
 def config_from_args(args: argparse.Namespace) -> Config:
     values = {}
     for f in SERVE_FLAGS:
@@ -257,12 +293,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="chatd",
         description="chatd: a self-hosted realtime chat daemon. "
-        "`chatd serve` runs it; the other commands are a client for it.",
+        "`chatd serve` runs it; migrate, backup and export work on its database; "
+        "the other commands are a client for it.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"chatd {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     serve = add_serve(sub)
+    add_db_tools(sub)
     clientcli.register(sub)
     admincli.register(sub)
     flags = [f for a in serve._actions if a.option_strings and a.help != argparse.SUPPRESS

@@ -38,9 +38,16 @@ import asyncio
 import functools
 import logging
 import select
-from collections.abc import AsyncIterator, Callable
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import AbstractAsyncContextManager, asynccontextmanager, suppress
+from contextlib import (
+    AbstractAsyncContextManager,
+    AbstractContextManager,
+    asynccontextmanager,
+    contextmanager,
+    suppress,
+)
 from importlib import resources
 from typing import Any, TypeVar
 
@@ -48,8 +55,10 @@ import psycopg
 from psycopg import conninfo
 from psycopg.pq import ConnStatus, TransactionStatus
 
+from . import migrations
 from .crypto import new_epoch
 from .exceptions import StartupError, Unavailable
+from .migrations import SCHEMA_VERSION, Migration
 from .sendbuffer import SendBuffer
 from .sqlrows import RowStatements
 from .storage import (
@@ -66,24 +75,6 @@ T = TypeVar("T")
 
 log = logging.getLogger("chatd.store")
 
-SCHEMA_VERSION = 2
-#: version -> SQL that upgrades a database from version-1 to version.
-MIGRATIONS: dict[int, str] = {
-    # accounts: roles (the oldest account becomes the admin), deactivation, invites
-    2: """
-    ALTER TABLE users ADD COLUMN role TEXT NOT NULL DEFAULT 'member'
-        CHECK (role IN ('admin', 'member'));
-    ALTER TABLE users ADD COLUMN active BOOLEAN NOT NULL DEFAULT true;
-    ALTER TABLE users ADD COLUMN created_seq BIGINT NOT NULL DEFAULT 0;
-    UPDATE users SET role = 'admin'
-        WHERE id = (SELECT id FROM users ORDER BY created_ms, id LIMIT 1);
-    CREATE TABLE invites (
-        id TEXT PRIMARY KEY, code_hash BYTEA NOT NULL UNIQUE, created_by TEXT NOT NULL,
-        created_ms BIGINT NOT NULL, expires_ms BIGINT NOT NULL, uses_left INTEGER NOT NULL
-    );
-    CREATE INDEX invites_expiry ON invites(expires_ms)
-    """,
-}
 #: pg_advisory_xact_lock key held while a node creates or migrates the schema.
 _SCHEMA_LOCK = 0x636861746400  # "chatd\0"
 
@@ -347,6 +338,9 @@ class PostgresBackend:
         self._pool: asyncio.Queue[psycopg.AsyncConnection[Any]] = asyncio.Queue()
         self._readers: list[psycopg.AsyncConnection[Any]] = []
         self._closed = False
+        #: what open() did to the schema: made it, and the migrations it applied
+        self.created = False
+        self.migrated: list[Migration] = []
 
     # ------------------------------------------------------------ lifecycle
 
@@ -401,34 +395,35 @@ class PostgresBackend:
 
     def _open_writer(self) -> None:
         conn = self._w = self._connect_writer()
+        # Two nodes starting at once on a new database: one creates, the other
+        # waits, then finds it made; likewise for each migration.
+        with self._schema_tx(conn):
+            self.created = self._create(conn)
+        self.migrated = migrate(conn, "PostgreSQL database", self._schema_tx)
+        row = conn.execute("SELECT value FROM meta WHERE key = 'epoch'").fetchone()
+        assert row is not None, "meta has no epoch"
+        self.epoch = row[0]
+
+    @staticmethod
+    @contextmanager
+    def _schema_tx(conn: psycopg.Connection[Any]) -> Iterator[None]:
+        """A transaction holding the schema lock (an advisory lock, released at its end)."""
         conn.execute("BEGIN ISOLATION LEVEL READ COMMITTED")
         try:
-            # Two nodes starting at once on a new database: one creates, the other waits.
             conn.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
-            row = conn.execute("SELECT to_regclass('meta')").fetchone()
-            if row is None or row[0] is None:
-                self._create(conn)
-            meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
-            version = int(meta["schema_version"])
-            if version > SCHEMA_VERSION:
-                raise StartupError(
-                    f"PostgreSQL database: schema version {version} is newer than this"
-                    f" chatd ({SCHEMA_VERSION})"
-                )
-            for v in range(version + 1, SCHEMA_VERSION + 1):
-                conn.execute(MIGRATIONS[v].encode())  # several statements: no parameters
-                conn.execute(
-                    "UPDATE meta SET value = %s WHERE key = 'schema_version'", (str(v),)
-                )
+            yield
             conn.execute("COMMIT")
         except BaseException:
             with suppress(psycopg.Error):
                 conn.execute("ROLLBACK")
             raise
-        self.epoch = meta["epoch"]
 
     @staticmethod
-    def _create(conn: psycopg.Connection[Any]) -> None:
+    def _create(conn: psycopg.Connection[Any]) -> bool:
+        """Make the schema of a new database; whether it was new."""
+        row = conn.execute("SELECT to_regclass('meta')").fetchone()
+        if row is not None and row[0] is not None:
+            return False
         conn.execute(schema_sql().encode())  # several statements: no parameters
         with conn.cursor() as cur:
             cur.executemany(
@@ -436,6 +431,11 @@ class PostgresBackend:
                 [("schema_version", str(SCHEMA_VERSION)), ("epoch", new_epoch())],
             )
         conn.execute("INSERT INTO counter(seq, horizon) VALUES (0, 0)")
+        conn.execute(
+            "INSERT INTO migrations(version, name, applied_ms) VALUES (%s, %s, %s)",
+            (SCHEMA_VERSION, migrations.CREATED, int(time.time() * 1000)),
+        )
+        return True
 
     def _close_writer(self) -> None:
         if self._w is not None:
@@ -563,6 +563,32 @@ class PostgresBackend:
             self._pool.put_nowait(conn)
 
 
+def schema_version(conn: psycopg.Connection[Any]) -> int:
+    row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+    if row is None:
+        raise StartupError("meta has no schema_version: not a chatd database")
+    return int(row[0])
+
+
+def migrate(
+    conn: psycopg.Connection[Any],
+    where: str,
+    locked: Callable[[psycopg.Connection[Any]], AbstractContextManager[None]],
+) -> list[Migration]:
+    """Apply the pending migrations of :mod:`chatd.migrations`, one transaction each."""
+
+    def apply(m: Migration) -> None:
+        conn.execute(m.postgres.encode())  # several statements: no parameters
+        for sql, args in zip(
+            migrations.RECORD, migrations.record_args(m, int(time.time() * 1000)), strict=True
+        ):
+            conn.execute(_placeholders(sql), args)
+
+    return migrations.upgrade(
+        lambda: locked(conn), lambda: schema_version(conn), apply, where
+    )
+
+
 class _PgSnapshot:
     """:class:`chatd.storage.Snapshot` on a pooled async connection."""
 
@@ -633,14 +659,19 @@ class _PgSnapshot:
         )
         return row
 
-    async def messages(self, channel_id: str, before: int, limit: int) -> list[MessageRow]:
+    async def _messages(self, where: str, args: tuple[Any, ...]) -> list[MessageRow]:
+        """Message rows with their bodies decoded (BYTEA: UTF-8)."""
         rows = await self._rows(
-            "SELECT id, seq, at_ms, sender_id, sender_name, body FROM messages"
-            " WHERE channel_id = %s AND seq < %s ORDER BY seq DESC LIMIT %s",
-            (channel_id, before, limit),
+            "SELECT id, seq, at_ms, sender_id, sender_name, body FROM messages " + where, args
         )
         return [(i, seq, at_ms, uid, name, body.decode())
                 for i, seq, at_ms, uid, name, body in rows]
+
+    async def messages(self, channel_id: str, before: int, limit: int) -> list[MessageRow]:
+        return await self._messages(
+            "WHERE channel_id = %s AND seq < %s ORDER BY seq DESC LIMIT %s",
+            (channel_id, before, limit),
+        )
 
     async def events(
         self, after: int, upto: int, channels: frozenset[str] | None, limit: int
@@ -655,4 +686,9 @@ class _PgSnapshot:
             "SELECT seq, frame FROM events WHERE seq > %s AND seq <= %s"
             " AND channel_id = ANY(%s) ORDER BY seq LIMIT %s",
             (after, upto, [c for c in channels if "\x00" not in c], limit),
+        )
+
+    async def messages_after(self, channel_id: str, after: int, limit: int) -> list[MessageRow]:
+        return await self._messages(
+            "WHERE channel_id = %s AND seq > %s ORDER BY seq LIMIT %s", (channel_id, after, limit)
         )

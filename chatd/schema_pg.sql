@@ -1,7 +1,8 @@
 -- chatd schema for PostgreSQL, version 2: the tables of schema.sql (the sqlite
 -- schema) with PostgreSQL types. chatd.postgres_store applies this file to a new
 -- database in one transaction and records the version in meta('schema_version');
--- later versions add migrations. Times are BIGINT milliseconds since the Unix
+-- an older database is brought here by chatd/migrations.py (a change here needs
+-- a migration there). Times are BIGINT milliseconds since the Unix
 -- epoch (UTC); seqs are BIGINT. A message body and a send nonce are the client's
 -- text as UTF-8 in BYTEA: they may contain NUL, which TEXT cannot hold.
 
@@ -29,20 +30,12 @@ CREATE TABLE users (
     name_key   TEXT NOT NULL UNIQUE,      -- casefold(NFKC(name)): the identity of a name
     pw_hash    TEXT NOT NULL,             -- scrypt$n$r$p$salt$hash
     created_ms BIGINT NOT NULL,
-    role       TEXT NOT NULL DEFAULT 'member' CHECK (role IN ('admin', 'member')),
-    active     BOOLEAN NOT NULL DEFAULT true,
-    created_seq BIGINT NOT NULL DEFAULT 0 -- the stream position when the account was made
+    -- version 2 (added last by its migration, so both paths give one column order):
+    role        TEXT NOT NULL DEFAULT 'member'
+        CHECK (role IN ('admin', 'member')),
+    active      BOOLEAN NOT NULL DEFAULT true,
+    created_seq BIGINT NOT NULL DEFAULT 0  -- the stream position when the account was made
 );
-
-CREATE TABLE invites (
-    id         TEXT PRIMARY KEY,
-    code_hash  BYTEA NOT NULL UNIQUE,     -- sha256 of the code; the code itself is never stored
-    created_by TEXT NOT NULL,
-    created_ms BIGINT NOT NULL,
-    expires_ms BIGINT NOT NULL,
-    uses_left  INTEGER NOT NULL
-);
-CREATE INDEX invites_expiry ON invites(expires_ms);
 
 CREATE TABLE tokens (
     hash       BYTEA PRIMARY KEY,         -- sha256 of the bearer token; the token itself is never stored
@@ -98,3 +91,23 @@ CREATE TABLE nonces (
     PRIMARY KEY (user_id, nonce)
 );
 CREATE INDEX nonces_at ON nonces(at_ms);
+
+-- Invites (version 2): a code lets a new account sign up while open sign-up is
+-- off. Only the code's sha256 is kept.
+CREATE TABLE invites (
+    id         TEXT PRIMARY KEY,
+    code_hash  BYTEA NOT NULL UNIQUE,
+    created_by TEXT NOT NULL,
+    created_ms BIGINT NOT NULL,
+    expires_ms BIGINT NOT NULL,
+    uses_left  INTEGER NOT NULL
+);
+CREATE INDEX invites_expiry ON invites(expires_ms);
+
+-- One row per schema change: the creation of the database (name 'new database')
+-- and each migration applied since, with its time.
+CREATE TABLE migrations (
+    version    INTEGER PRIMARY KEY,
+    name       TEXT NOT NULL,
+    applied_ms BIGINT NOT NULL
+);

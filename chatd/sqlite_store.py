@@ -20,9 +20,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import sqlite3
-from collections.abc import AsyncIterator, Callable
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import AbstractAsyncContextManager, asynccontextmanager, suppress
+from contextlib import (
+    AbstractAsyncContextManager,
+    asynccontextmanager,
+    contextmanager,
+    suppress,
+)
 from importlib import resources
 from pathlib import Path
 from typing import Any, TypeVar
@@ -30,8 +36,10 @@ from typing import Any, TypeVar
 import aiosqlite
 import msgspec
 
+from . import migrations
 from .crypto import new_epoch
 from .exceptions import StartupError
+from .migrations import SCHEMA_VERSION, Migration
 from .sendbuffer import SendBuffer
 from .sqlrows import RowStatements
 from .storage import (
@@ -48,24 +56,6 @@ T = TypeVar("T")
 
 log = logging.getLogger("chatd.store")
 
-SCHEMA_VERSION = 2
-#: version -> SQL that upgrades a database from version-1 to version.
-MIGRATIONS: dict[int, str] = {
-    # accounts: roles (the oldest account becomes the admin), deactivation, invites
-    2: """
-    ALTER TABLE users ADD COLUMN role TEXT NOT NULL DEFAULT 'member'
-        CHECK (role IN ('admin', 'member'));
-    ALTER TABLE users ADD COLUMN active INTEGER NOT NULL DEFAULT 1;
-    ALTER TABLE users ADD COLUMN created_seq INTEGER NOT NULL DEFAULT 0;
-    UPDATE users SET role = 'admin'
-        WHERE id = (SELECT id FROM users ORDER BY created_ms, id LIMIT 1);
-    CREATE TABLE invites (
-        id TEXT PRIMARY KEY, code_hash BLOB NOT NULL UNIQUE, created_by TEXT NOT NULL,
-        created_ms INTEGER NOT NULL, expires_ms INTEGER NOT NULL, uses_left INTEGER NOT NULL
-    ) WITHOUT ROWID;
-    CREATE INDEX invites_expiry ON invites(expires_ms)
-    """,
-}
 
 
 def schema_sql() -> str:
@@ -215,6 +205,9 @@ class SqliteBackend:
         self._pool: asyncio.Queue[aiosqlite.Connection] = asyncio.Queue()
         self._readers: list[aiosqlite.Connection] = []
         self._dirty: set[aiosqlite.Connection] = set()
+        #: what open() did to the schema: made it, and the migrations it applied
+        self.created = False
+        self.migrated: list[Migration] = []
 
     # ------------------------------------------------------------ lifecycle
 
@@ -247,27 +240,17 @@ class SqliteBackend:
         conn.execute("PRAGMA synchronous = FULL")
         # A deleted body must not linger in freed pages either (FAST: no extra I/O).
         conn.execute("PRAGMA secure_delete = FAST")
-        exists = conn.execute(
-            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'meta'"
-        ).fetchone()
-        if not exists:
-            self._create(conn)
-        meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
-        version = int(meta["schema_version"])
-        if version > SCHEMA_VERSION:
-            raise StartupError(
-                f"{self.path}: schema version {version} is newer than this chatd ({SCHEMA_VERSION})"
-            )
-        for v in range(version + 1, SCHEMA_VERSION + 1):
-            conn.executescript(f"BEGIN IMMEDIATE; {MIGRATIONS[v]}; COMMIT;")
-            conn.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(v),))
-        self.epoch = meta["epoch"]
+        self.created = self._create(conn)
+        self.migrated = migrate(conn, self.path)
+        self.epoch = conn.execute("SELECT value FROM meta WHERE key = 'epoch'").fetchone()[0]
         self._w = conn
 
     @staticmethod
-    def _create(conn: sqlite3.Connection) -> None:
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+    def _create(conn: sqlite3.Connection) -> bool:
+        """Make the schema of a new database; whether it was new."""
+        with _schema_tx(conn):
+            if _has_meta(conn):
+                return False
             for statement in _split_sql(schema_sql()):
                 conn.execute(statement)
             conn.executemany(
@@ -279,10 +262,11 @@ class SqliteBackend:
                     ("horizon", "0"),
                 ],
             )
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
+            conn.execute(
+                "INSERT INTO migrations(version, name, applied_ms) VALUES (?, ?, ?)",
+                (SCHEMA_VERSION, migrations.CREATED, int(time.time() * 1000)),
+            )
+        return True
 
     def _close_writer(self) -> None:
         if self._w is not None:
@@ -445,6 +429,54 @@ class _SqliteSnapshot:
             " ORDER BY seq LIMIT ?",
             (after, upto, msgspec.json.encode(sorted(channels)).decode(), limit),
         )
+
+    async def messages_after(self, channel_id: str, after: int, limit: int) -> list[MessageRow]:
+        return await self._rows(
+            "SELECT id, seq, at_ms, sender_id, sender_name, body FROM messages"
+            " WHERE channel_id = ? AND seq > ? ORDER BY seq LIMIT ?",
+            (channel_id, after, limit),
+        )
+
+
+def _has_meta(conn: sqlite3.Connection) -> bool:
+    row = conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'meta'")
+    return row.fetchone() is not None
+
+
+@contextmanager
+def _schema_tx(conn: sqlite3.Connection) -> Iterator[None]:
+    """A transaction holding sqlite's write lock: one process changes the schema."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+
+
+def schema_version(conn: sqlite3.Connection) -> int:
+    row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+    if row is None:
+        raise StartupError("meta has no schema_version: not a chatd database")
+    return int(row[0])
+
+
+def migrate(conn: sqlite3.Connection, where: str) -> list[Migration]:
+    """Apply the pending migrations of :mod:`chatd.migrations`, one transaction each."""
+
+    def apply(m: Migration) -> None:
+        for statement in _split_sql(m.sqlite):
+            conn.execute(statement)
+        for sql, args in zip(
+            migrations.RECORD, migrations.record_args(m, int(time.time() * 1000)), strict=True
+        ):
+            conn.execute(sql, args)
+
+    return migrations.upgrade(
+        lambda: _schema_tx(conn), lambda: schema_version(conn), apply, where
+    )
 
 
 def _split_sql(script: str) -> list[str]:

@@ -31,6 +31,8 @@ from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 from typing import Any, Protocol, TypeVar
 
+from .migrations import Migration
+
 T = TypeVar("T")
 
 #: (id, name, pw_hash, role, active); active as the backend stores it (1/0 or bool)
@@ -244,6 +246,10 @@ class Snapshot(Protocol):
         """(seq, frame) of retained events in (after, upto], of ``channels`` if given."""
         ...
 
+    async def messages_after(self, channel_id: str, after: int, limit: int) -> list[MessageRow]:
+        """The oldest ``limit`` messages of the channel with seq > after, oldest first."""
+        ...
+
 
 class Backend(Protocol):
     #: the opaque history id made when the database was created.
@@ -251,6 +257,10 @@ class Backend(Protocol):
     #: other processes may commit events to this database (several nodes): the
     #: daemon's fanout must then tail the events table (chatd.feed.TailFeed).
     shared: bool
+    #: what :meth:`open` did to the schema: created a new database, and the
+    #: migrations (:mod:`chatd.migrations`) it applied, in order.
+    created: bool
+    migrated: list[Migration]
 
     async def listen(self, wake: Callable[[], None]) -> None:
         """Call ``wake`` whenever another process may have committed events.

@@ -27,6 +27,11 @@ T = TypeVar("T")
 _URL = re.compile(r"^(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*)://")
 
 
+def is_url(db: str) -> bool:
+    """Whether ``--db`` is a URL (a database server) rather than a sqlite file."""
+    return _URL.match(db) is not None
+
+
 def open_store(db: str) -> Store:
     """The store for ``--db``: a path is sqlite; a URL names its backend."""
     m = _URL.match(db)

@@ -11,6 +11,7 @@ import contextlib
 import itertools
 import json
 import re
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -297,3 +298,14 @@ async def healthz_seq(http: str) -> int:
     seq: int = json.loads(body)["seq"]
     return seq
 
+
+
+async def chatd(*args: str, within: float = 60) -> tuple[int, str, str]:
+    """Run ``python -m chatd ARGS`` as an operator would: (exit code, stdout, stderr)."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "chatd", *args, stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), within * UNIT)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()

@@ -168,6 +168,47 @@ async def test_reopen_keeps_epoch_sequence_and_channels(db: str) -> None:
         await store.close()
 
 
+async def test_open_says_what_it_did_to_the_schema(db: str) -> None:
+    """A new database is created at the newest version; opened again, nothing is
+    applied (tests/test_upgrade.py migrates old ones)."""
+    for created in (True, False):
+        store = open_store(db)
+        await store.open()
+        try:
+            assert store.backend.created is created
+            assert store.backend.migrated == []
+        finally:
+            await store.close()
+
+
+async def test_accounts_and_messages_in_order_for_export(opened: OpenStore) -> None:
+    """Snapshot.users (by name, role and active) and Snapshot.messages_after
+    (ascending pages, deleted messages absent): what ``chatd export`` reads."""
+    store = await opened()
+    bob = await one(store, CreateUserOp("bob", "bob", "h"), 1000)
+    al = await one(store, CreateUserOp("Al", "al", "h"), 2000)
+    me = wire.User(al.id, al.name)
+    channel = await one(store, CreateChannelOp(me, "g", "g"))
+    bodies = [f"m{i}" for i in range(7)] + ["nul\x00 \U0001f600"]
+    sent = [await one(store, SendOp(me, channel.id, b, None), 3000 + i)
+            for i, b in enumerate(bodies)]
+    await one(store, DeleteMessageOp(me, sent[2].message.id))
+    async with store.backend.snapshot() as snap:
+        users = await snap.users()
+        assert [(i, n, bool(a)) for i, n, _, a in users] == [
+            (al.id, "Al", True), (bob.id, "bob", True)]
+        assert all(role in ("admin", "member") for _, _, role, _ in users)
+        got, after = [], 0
+        while page := await snap.messages_after(channel.id, after, 3):
+            assert len(page) <= 3
+            got += page
+            after = page[-1][1]
+        assert await snap.messages_after("Cnope", 0, 10) == []
+    kept = [s for i, s in enumerate(sent) if i != 2]
+    assert got == [(s.message.id, s.message.seq, wire.parse_at(s.message.at), al.id, "Al",
+                    s.message.body) for s in kept]
+
+
 # ------------------------------------------------------------- the rules
 
 

@@ -1,0 +1,162 @@
+"""Schema versions and the numbered migrations between them, for both SQL backends.
+
+``schema.sql`` (sqlite) and ``chatd/schema_pg.sql`` (PostgreSQL) describe a
+*new* database at :data:`SCHEMA_VERSION`. A database made by an older chatd is
+taken there by the migrations below, one :class:`Migration` per version, each
+with its SQL for sqlite and for PostgreSQL (the same changes, in each
+database's types). Version 1 is the schema of chatd 0.1.0.
+
+How a backend applies them (:func:`upgrade`): at open, and by ``chatd
+migrate``, each pending migration runs in a transaction of its own that holds
+the schema lock (sqlite: ``BEGIN IMMEDIATE``; PostgreSQL: a transaction-scoped
+advisory lock, so two nodes starting at once never both migrate). Inside it the
+version is read again (another process may have migrated meanwhile), the
+migration's SQL runs, ``meta('schema_version')`` is set to its version and a
+row ``migrations(version, name, applied_ms)`` records it. A new database gets
+one ``migrations`` row, its creation at the newest version (name
+:data:`CREATED`). A database whose version is newer than this code is a
+:class:`~chatd.exceptions.StartupError`, and nothing in it is changed.
+
+Adding version N: write :data:`SCHEMA_VERSION` = N, the new tables or columns in
+both schema files (new columns last, where ``ALTER TABLE ... ADD COLUMN`` puts
+them), a ``Migration(N, ...)`` here, and check that tests/test_upgrade.py still
+finds a migrated database equal to a new one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+
+from .exceptions import StartupError
+
+#: The schema version of a new database; the version this code reads and writes.
+SCHEMA_VERSION = 2
+
+#: The ``migrations.name`` of the row a new database is created with.
+CREATED = "new database"
+
+
+@dataclass(frozen=True)
+class Migration:
+    """Takes a database from ``version - 1`` to ``version``."""
+
+    version: int
+    #: what it does, in a few words (``chatd migrate`` prints it)
+    name: str
+    #: statements separated by semicolons, no semicolon inside a literal
+    sqlite: str
+    postgres: str
+
+
+_V2_SQLITE = """
+ALTER TABLE users ADD COLUMN role TEXT NOT NULL DEFAULT 'member'
+    CHECK (role IN ('admin', 'member'));
+ALTER TABLE users ADD COLUMN active INTEGER NOT NULL DEFAULT 1 CHECK (active IN (0, 1));
+ALTER TABLE users ADD COLUMN created_seq INTEGER NOT NULL DEFAULT 0;
+UPDATE users SET role = 'admin'
+    WHERE id = (SELECT id FROM users ORDER BY created_ms, id LIMIT 1);
+CREATE TABLE invites (
+    id         TEXT PRIMARY KEY,
+    code_hash  BLOB NOT NULL UNIQUE,
+    created_by TEXT NOT NULL,
+    created_ms INTEGER NOT NULL,
+    expires_ms INTEGER NOT NULL,
+    uses_left  INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX invites_expiry ON invites(expires_ms);
+CREATE TABLE migrations (
+    version    INTEGER PRIMARY KEY,
+    name       TEXT NOT NULL,
+    applied_ms INTEGER NOT NULL
+);
+"""
+
+_V2_POSTGRES = """
+ALTER TABLE users ADD COLUMN role TEXT NOT NULL DEFAULT 'member'
+    CHECK (role IN ('admin', 'member'));
+ALTER TABLE users ADD COLUMN active BOOLEAN NOT NULL DEFAULT true;
+ALTER TABLE users ADD COLUMN created_seq BIGINT NOT NULL DEFAULT 0;
+UPDATE users SET role = 'admin'
+    WHERE id = (SELECT id FROM users ORDER BY created_ms, id COLLATE "C" LIMIT 1);
+CREATE TABLE invites (
+    id         TEXT PRIMARY KEY,
+    code_hash  BYTEA NOT NULL UNIQUE,
+    created_by TEXT NOT NULL,
+    created_ms BIGINT NOT NULL,
+    expires_ms BIGINT NOT NULL,
+    uses_left  INTEGER NOT NULL
+);
+CREATE INDEX invites_expiry ON invites(expires_ms);
+CREATE TABLE migrations (
+    version    INTEGER PRIMARY KEY,
+    name       TEXT NOT NULL,
+    applied_ms BIGINT NOT NULL
+);
+"""
+
+#: Every migration, by version (2 to :data:`SCHEMA_VERSION`, none missing).
+MIGRATIONS: dict[int, Migration] = {
+    m.version: m
+    for m in [
+        Migration(
+            2,
+            "user roles (the oldest account becomes the admin), deactivation,"
+            " created_seq; invites; the migrations table",
+            _V2_SQLITE,
+            _V2_POSTGRES,
+        ),
+    ]
+}
+
+assert sorted(MIGRATIONS) == list(range(2, SCHEMA_VERSION + 1)), "a migration is missing"
+
+#: the statements that record a migration in its own transaction (``?`` placeholders)
+RECORD = (
+    "UPDATE meta SET value = ? WHERE key = 'schema_version'",
+    "INSERT INTO migrations(version, name, applied_ms) VALUES (?, ?, ?)",
+)
+
+
+def record_args(m: Migration, now_ms: int) -> tuple[tuple[str], tuple[int, str, int]]:
+    """The arguments of the two :data:`RECORD` statements for ``m``."""
+    return (str(m.version),), (m.version, m.name, now_ms)
+
+
+def check_not_newer(version: int, where: str) -> None:
+    """A database written by a newer chatd is refused, never rewritten."""
+    if version > SCHEMA_VERSION:
+        raise StartupError(
+            f"{where}: schema version {version} is newer than this chatd ({SCHEMA_VERSION});"
+            " run the chatd that wrote it, or restore a backup"
+        )
+    if version < 1:
+        raise StartupError(f"{where}: schema version {version} is not one chatd made")
+
+
+def upgrade(
+    locked: Callable[[], AbstractContextManager[None]],
+    version: Callable[[], int],
+    apply: Callable[[Migration], None],
+    where: str,
+) -> list[Migration]:
+    """Apply every pending migration, one transaction each; those this call applied.
+
+    ``locked()`` is a transaction holding the schema lock (committed when the
+    block ends, rolled back on an error); ``version()`` reads
+    ``meta('schema_version')`` inside it; ``apply(m)`` runs ``m``'s SQL and the
+    :data:`RECORD` statements.
+    """
+    applied: list[Migration] = []
+    while True:
+        with locked():
+            current = version()
+            check_not_newer(current, where)
+            if current == SCHEMA_VERSION:
+                break
+            m = MIGRATIONS[current + 1]
+            apply(m)
+        applied.append(m)
+    return applied
+

@@ -1,0 +1,87 @@
+-- chatd schema for PostgreSQL, version 1: the tables of schema.sql (the sqlite
+-- schema) with PostgreSQL types. chatd.postgres_store applies this file to a new
+-- database in one transaction and records the version in meta('schema_version');
+-- later versions add migrations. Times are BIGINT milliseconds since the Unix
+-- epoch (UTC); seqs are BIGINT. A message body and a send nonce are the client's
+-- text as UTF-8 in BYTEA: they may contain NUL, which TEXT cannot hold.
+
+CREATE TABLE meta (
+    key   TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+-- keys: schema_version, epoch.
+
+-- The one global counter, one row: seq is the last seq assigned (never
+-- decremented); horizon: every event with seq <= horizon has been dropped.
+-- Not a SEQUENCE: a sequence hands out values before their transactions commit,
+-- so a reader could see 11 committed before 10. A writer locks this row
+-- (SELECT ... FOR UPDATE) first and sets it in the transaction that stores its
+-- events, so seqs become visible in order, whichever node writes.
+CREATE TABLE counter (
+    only_row BOOLEAN PRIMARY KEY DEFAULT TRUE CHECK (only_row),
+    seq      BIGINT NOT NULL,
+    horizon  BIGINT NOT NULL
+);
+
+CREATE TABLE users (
+    id         TEXT PRIMARY KEY,
+    name       TEXT NOT NULL,
+    name_key   TEXT NOT NULL UNIQUE,      -- casefold(NFKC(name)): the identity of a name
+    pw_hash    TEXT NOT NULL,             -- scrypt$n$r$p$salt$hash
+    created_ms BIGINT NOT NULL
+);
+
+CREATE TABLE tokens (
+    hash       BYTEA PRIMARY KEY,         -- sha256 of the bearer token; the token itself is never stored
+    user_id    TEXT NOT NULL REFERENCES users(id),
+    created_ms BIGINT NOT NULL,
+    expires_ms BIGINT NOT NULL
+);
+CREATE INDEX tokens_expiry ON tokens(expires_ms);
+
+CREATE TABLE channels (
+    id          TEXT PRIMARY KEY,
+    name        TEXT NOT NULL,
+    name_key    TEXT NOT NULL UNIQUE,
+    creator_id  TEXT NOT NULL,
+    created_seq BIGINT NOT NULL,
+    active_ms   BIGINT NOT NULL           -- creation, then the time of its newest message
+);
+CREATE INDEX channels_active ON channels(active_ms);
+
+CREATE TABLE messages (
+    seq         BIGINT PRIMARY KEY,       -- the seq of its message.sent event
+    id          TEXT NOT NULL UNIQUE,
+    channel_id  TEXT NOT NULL,
+    sender_id   TEXT NOT NULL,
+    sender_name TEXT NOT NULL,
+    at_ms       BIGINT NOT NULL,
+    body        BYTEA NOT NULL            -- UTF-8
+);
+CREATE INDEX messages_channel ON messages(channel_id, seq);
+CREATE INDEX messages_at ON messages(at_ms);
+
+-- The retained event log. `frame` is the event's wire frame, encoded once when
+-- it is committed; replay sends it as stored. A deleted message's message.sent
+-- row is removed with the message, so its body never comes back (from queries:
+-- the dead row stays in its page until VACUUM reclaims it).
+CREATE TABLE events (
+    seq        BIGINT PRIMARY KEY,
+    at_ms      BIGINT NOT NULL,
+    channel_id TEXT NOT NULL,
+    frame      BYTEA NOT NULL
+);
+CREATE INDEX events_channel ON events(channel_id, seq);
+
+-- send idempotency: (user, nonce) -> the first ok. No body is kept here.
+CREATE TABLE nonces (
+    user_id      TEXT NOT NULL,
+    nonce        BYTEA NOT NULL,          -- UTF-8
+    message_id   TEXT NOT NULL,
+    seq          BIGINT NOT NULL,
+    at_ms        BIGINT NOT NULL,
+    channel_id   TEXT NOT NULL,
+    channel_name TEXT NOT NULL,
+    PRIMARY KEY (user_id, nonce)
+);
+CREATE INDEX nonces_at ON nonces(at_ms);
