@@ -97,6 +97,12 @@ class Config:
         (), "origins", "browser Origin allowed at the handshake, repeatable; '*' allows any. "
         "Default: the server's own origin", name="allow-origin")
 
+    #: when set, /metrics answers only a request with "Authorization: Bearer TOKEN".
+    metrics_token: str = flag(
+        "", "str", "a bearer token /metrics requires (Authorization: Bearer TOKEN); "
+        "empty: /metrics is open. Prefer the environment variable: ps shows flags",
+        metavar="TOKEN")
+
     token_ttl: float = flag(30 * DAY, "duration", "lifetime of a login token")
     #: how long a send nonce stays idempotent (PROTOCOL.md: at least 24 hours).
     nonce_ttl: float = no_flag(DAY)

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import logging
 import mimetypes
+import re
 import signal
 import time
 from collections.abc import Callable
@@ -218,10 +220,19 @@ class App:
             body = msgspec.json.encode({"status": status, "seq": self.hub.last_seq})
             return _response(HTTPStatus.SERVICE_UNAVAILABLE, body, "application/json")
         if path == "/metrics":
+            if not self.metrics_allowed(request.headers.get("Authorization")):
+                response = _response(HTTPStatus.UNAUTHORIZED, b"metrics need a bearer token\n")
+                response.headers["WWW-Authenticate"] = 'Bearer realm="chatd metrics"'
+                return response
             return _response(HTTPStatus.OK, self.metrics.render(), METRICS_CONTENT_TYPE)
         if path in ("/", "/index.html"):
             page = _static("index.html") or PLACEHOLDER_PAGE
-            return _response(HTTPStatus.OK, page, "text/html; charset=utf-8")
+            response = _response(HTTPStatus.OK, page, "text/html; charset=utf-8")
+            response.headers["Content-Security-Policy"] = page_policy(
+                request.headers.get("Host"))
+            response.headers["X-Frame-Options"] = "DENY"
+            response.headers["Referrer-Policy"] = "no-referrer"
+            return response
         if path.startswith("/static/"):
             name = path.removeprefix("/static/")
             data = _static(name)
@@ -232,6 +243,13 @@ class App:
                 return _response(HTTPStatus.OK, data, ctype)
         return _response(HTTPStatus.NOT_FOUND, b"not found\n")
 
+    def metrics_allowed(self, authorization: str | None) -> bool:
+        token = self.config.metrics_token
+        if not token:
+            return True
+        given = (authorization or "").removeprefix("Bearer ").strip()
+        return hmac.compare_digest(given.encode(), token.encode())
+
     def origin_allowed(self, origin: str, host: str | None) -> bool:
         allowed = self.config.allow_origins
         if not allowed:
@@ -240,6 +258,22 @@ class App:
 
 
 _NO_HEADERS = Headers()
+_HOST = re.compile(r"^[A-Za-z0-9.\-]+(:[0-9]{1,5})?$|^\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?$")
+
+
+def page_policy(host: str | None) -> str:
+    """The page's Content-Security-Policy: its own scripts, styles and WebSocket only.
+
+    ``connect-src`` names the WebSocket of the host the page was loaded from
+    (``'self'`` covers ws: only in newer browsers); a Host header that is not a
+    plain host[:port] gets ``'self'`` alone.
+    """
+    sockets = f" ws://{host} wss://{host}" if host and _HOST.match(host) else ""
+    return (
+        "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+        f"connect-src 'self'{sockets}; base-uri 'none'; form-action 'none'; "
+        "frame-ancestors 'none'"
+    )
 
 
 def _address(conn: ServerConnection) -> str:

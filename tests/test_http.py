@@ -50,6 +50,34 @@ async def test_root_serves_html(daemon):
     assert b"<" in body and b"html" in body.lower()
 
 
+async def test_the_page_is_served_with_a_strict_content_security_policy(daemon):
+    status, headers, _ = await http_get(daemon.http + "/")
+    assert status == 200
+    policy = {d.split()[0]: d.split()[1:] for d in
+              headers["content-security-policy"].split("; ")}
+    assert policy["default-src"] == ["'none'"]
+    assert policy["script-src"] == ["'self'"] and policy["style-src"] == ["'self'"]
+    assert policy["frame-ancestors"] == ["'none'"]
+    host = daemon.http.removeprefix("http://")
+    assert policy["connect-src"] == ["'self'", f"ws://{host}", f"wss://{host}"]
+    assert headers["x-frame-options"] == "DENY"
+    # a Host header that is not a plain host[:port] is not echoed into the policy
+    _, headers, _ = await http_get(daemon.http + "/", Host="evil.example; script-src *")
+    assert "evil" not in headers["content-security-policy"]
+
+
+async def test_metrics_can_require_a_bearer_token(make_daemon):
+    d = await make_daemon(env={"CHATD_METRICS_TOKEN": "m3trics-s3cret"})
+    status, headers, _ = await http_get(d.http + "/metrics")
+    assert status == 401 and headers["www-authenticate"].startswith("Bearer")
+    status, _, _ = await http_get(d.http + "/metrics", Authorization="Bearer wrong")
+    assert status == 401
+    status, _, body = await http_get(d.http + "/metrics", Authorization="Bearer m3trics-s3cret")
+    assert status == 200 and b"# TYPE " in body
+    status, _, _ = await http_get(d.http + "/healthz")
+    assert status == 200, "/healthz stays open for load balancers"
+
+
 async def test_metrics_prometheus_text(daemon):
     async with client(daemon.url, "alice") as ws:
         await ws.ok("ping")
