@@ -4,7 +4,7 @@
 //   Connection  one WebSocket at a time, refs -> replies, backoff, heartbeat
 //   Session     login/auth, stream position (epoch, seq), resume or resync, outbox
 //   UI          everything that touches the document
-// The wire contract is PROTOCOL.md (version 1).
+// The wire contract is PROTOCOL.md (version 2).
 
 const TOKEN_KEY = "chatd.token";
 const CHANNEL_KEY = "chatd.channel";
@@ -16,6 +16,9 @@ const PING_EVERY_MS = 25000;
 const PING_TIMEOUT_MS = 10000;
 const LOAD_OLDER_PX = 48;
 const RETRY_UNAVAILABLE_MS = 1000;
+// Close code: the token was ended (logout elsewhere, password change,
+// deactivation). Reconnecting with it would only be refused.
+const CLOSE_TOKEN_ENDED = 4001;
 
 // ---------------------------------------------------------------- helpers
 
@@ -67,7 +70,7 @@ class ConnectionLost extends Error {
 class Connection {
   constructor(url, handlers) {
     this.url = url;
-    this.handlers = handlers; // { onOpen, onClose, onEvent, onStrayError, mayPark }
+    this.handlers = handlers; // { onOpen, onClose, onEvent, onStrayError, onTokenEnded, mayPark }
     this.ws = null;
     // No socket and no retry timer: the session has no use for one (logged out),
     // so the next request for one (whenOpen) connects.
@@ -139,7 +142,7 @@ class Connection {
     this.ws = ws;
     ws.onopen = () => this._opened(ws);
     ws.onmessage = (e) => this._frame(ws, e.data);
-    ws.onclose = () => this._lost(ws); // also follows every onerror
+    ws.onclose = (e) => this._lost(ws, e); // also follows every onerror
   }
 
   _opened(ws) {
@@ -171,7 +174,7 @@ class Connection {
 
   // Handles both a real close and a socket we gave up on; the guard makes a
   // late onclose from an abandoned socket harmless.
-  _lost(ws) {
+  _lost(ws, closeEvent = null) {
     if (ws !== this.ws) return;
     this.ws = null;
     ws.onopen = ws.onmessage = ws.onclose = null;
@@ -181,6 +184,8 @@ class Connection {
     this.pending.clear();
     waiters.forEach((w) => w.reject(new ConnectionLost()));
     clearTimeout(this.retryTimer);
+    // Told first, so that mayPark below already sees the session logged out.
+    if (closeEvent?.code === CLOSE_TOKEN_ENDED) this.handlers.onTokenEnded(closeEvent.reason);
     // The server closes sockets that do not log in within its login timeout;
     // reconnecting for a login form that nobody submits would cycle forever.
     this.parked = this.handlers.mayPark();
@@ -203,7 +208,7 @@ class Connection {
 class Session {
   constructor(conn, hooks) {
     this.conn = conn;
-    this.hooks = hooks; // { onState, onLoggedIn, onLoggedOut, onSnapshot, onEvent, onSent, onOutbox, onLive, onError, onRecovered }
+    this.hooks = hooks; // { onState, onLoggedIn, onLoggedOut, onEnded, onSnapshot, onEvent, onSent, onOutbox, onLive, onError, onRecovered }
     this.token = store.get(TOKEN_KEY);
     this.user = null;
     this.epoch = null;
@@ -247,6 +252,14 @@ class Session {
     if (this.epoch === null || !(ev.seq > this.lastSeq)) return;
     this.lastSeq = ev.seq;
     this.hooks.onEvent(ev);
+  }
+
+  // The server closed the socket with 4001: this token is over for good.
+  onTokenEnded(reason) {
+    if (this.token === null) return;
+    this._forget();
+    this.hooks.onLoggedOut();
+    this.hooks.onEnded(reason);
   }
 
   async login(name, password) {
@@ -369,8 +382,10 @@ class Session {
   _syncFailed(err) {
     if (err.code === "connection_lost") return; // the next socket starts over
     if (err.code === "unauthorized") {
+      const hadToken = this.token !== null;
       this._forget();
       this._loggedOut();
+      if (hadToken) this.hooks.onEnded(""); // e.g. ended while this page was offline
       return;
     }
     // e.g. `unavailable` while the server drains: back off and try again.
@@ -391,8 +406,9 @@ class Session {
   }
 
   _forget() {
+    // Another tab of this browser may have saved a newer login meanwhile.
+    if (store.get(TOKEN_KEY) === this.token) store.set(TOKEN_KEY, null);
     this.token = null;
-    store.set(TOKEN_KEY, null);
     this.user = null;
     this.epoch = null;
     this.lastSeq = 0;
@@ -409,6 +425,7 @@ const els = {
   state: $("conn-state"), error: $("error"), me: $("me"), logout: $("logout"),
   splash: $("splash"), loginView: $("login-view"), chatView: $("chat-view"),
   loginForm: $("login-form"), loginName: $("login-name"), loginPassword: $("login-password"),
+  loginNotice: $("login-notice"),
   channelList: $("channel-list"), newChannelForm: $("new-channel-form"), newChannelName: $("new-channel-name"),
   title: $("channel-title"), notice: $("channel-notice"), messages: $("messages"),
   outbox: $("outbox"), composer: $("composer-form"), input: $("composer-input"),
@@ -478,6 +495,18 @@ function showChat(user) {
   els.chatView.hidden = false;
   els.me.textContent = user.name;
   els.logout.hidden = false;
+  showLoginNotice("");
+}
+
+function showLoginNotice(text) {
+  els.loginNotice.textContent = text;
+  els.loginNotice.hidden = !text;
+}
+
+// Close code 4001, or a saved token the server no longer takes.
+function onSessionEnded(reason) {
+  const why = reason ? `You were logged out: ${reason}.` : "Your session has ended.";
+  showLoginNotice(`${why} Log in again to continue.`);
 }
 
 function renderChannels() {
@@ -786,6 +815,7 @@ const conn = new Connection(wsUrl(), {
   onClose: (parked) => session.onClose(parked),
   onEvent: (ev) => session.onEvent(ev),
   onStrayError: showError,
+  onTokenEnded: (reason) => session.onTokenEnded(reason),
   mayPark: () => session.mayPark(),
 });
 
@@ -793,6 +823,7 @@ const session = new Session(conn, {
   onState: setConnState,
   onLoggedIn: showChat,
   onLoggedOut: showLogin,
+  onEnded: onSessionEnded,
   onSnapshot: applySnapshot,
   onEvent: applyEvent,
   onSent: (message, channelId) => {
@@ -805,7 +836,7 @@ const session = new Session(conn, {
 });
 
 els.loginForm.addEventListener("submit", onLoginSubmit);
-els.logout.addEventListener("click", () => { clearError(); session.logout(); });
+els.logout.addEventListener("click", () => { clearError(); showLoginNotice(""); session.logout(); });
 els.newChannelForm.addEventListener("submit", onNewChannelSubmit);
 els.channelList.addEventListener("click", onChannelListClick);
 els.messages.addEventListener("click", onMessagesClick);
