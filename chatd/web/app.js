@@ -262,12 +262,15 @@ class Session {
     this.hooks.onEnded(reason);
   }
 
-  async login(name, password) {
+  // `invite` (a code) only matters for a new name on a server without open sign-up.
+  async login(name, password, invite = "") {
     this.loggingIn = true;
     let ok;
     try {
       await this.conn.whenOpen();
-      ok = await this.conn.request("login", { name, password });
+      const args = { name, password };
+      if (invite) args.invite = invite;
+      ok = await this.conn.request("login", args);
     } finally {
       this.loggingIn = false;
     }
@@ -425,7 +428,7 @@ const els = {
   state: $("conn-state"), error: $("error"), me: $("me"), logout: $("logout"),
   splash: $("splash"), loginView: $("login-view"), chatView: $("chat-view"),
   loginForm: $("login-form"), loginName: $("login-name"), loginPassword: $("login-password"),
-  loginNotice: $("login-notice"),
+  loginNotice: $("login-notice"), inviteBox: $("invite-box"), loginInvite: $("login-invite"),
   channelList: $("channel-list"), newChannelForm: $("new-channel-form"), newChannelName: $("new-channel-name"),
   title: $("channel-title"), notice: $("channel-notice"), messages: $("messages"),
   outbox: $("outbox"), composer: $("composer-form"), input: $("composer-input"),
@@ -496,6 +499,7 @@ function showChat(user) {
   els.me.textContent = user.name;
   els.logout.hidden = false;
   showLoginNotice("");
+  dropInviteFragment();
 }
 
 function showLoginNotice(text) {
@@ -507,6 +511,28 @@ function showLoginNotice(text) {
 function onSessionEnded(reason) {
   const why = reason ? `You were logged out: ${reason}.` : "Your session has ended.";
   showLoginNotice(`${why} Log in again to continue.`);
+}
+
+// ------------------------------------------------------- invite links
+//
+// An invite link is the page's own address with the code in the fragment
+// (#invite=CODE): browsers never send the fragment, so no server or proxy log
+// sees the code.
+
+function inviteFromFragment() {
+  return new URLSearchParams(location.hash.slice(1)).get("invite") || "";
+}
+
+function applyInviteFragment() {
+  const code = inviteFromFragment();
+  if (!code) return;
+  els.loginInvite.value = code;
+  els.inviteBox.open = true;
+}
+
+function dropInviteFragment() {
+  if (!inviteFromFragment()) return;
+  history.replaceState(history.state, "", location.pathname + location.search);
 }
 
 function renderChannels() {
@@ -729,9 +755,14 @@ async function onLoginSubmit(e) {
   clearError();
   const button = els.loginForm.querySelector("button");
   button.disabled = true;
+  const invite = els.loginInvite.value.trim();
   try {
-    await session.login(els.loginName.value, els.loginPassword.value);
+    await session.login(els.loginName.value, els.loginPassword.value, invite);
     els.loginPassword.value = "";
+    if (invite) { // used up or not needed: either way not for the next login
+      els.loginInvite.value = "";
+      els.inviteBox.open = false;
+    }
   } catch (err) {
     showError(err);
   } finally {
@@ -849,7 +880,12 @@ window.addEventListener("online", () => conn.wake());
 document.addEventListener("visibilitychange", () => {
   if (document.visibilityState === "visible") conn.wake();
 });
+window.addEventListener("hashchange", () => {
+  applyInviteFragment();
+  if (app.me) dropInviteFragment(); // logged in already: kept for after a logout
+});
 
+applyInviteFragment();
 // Without a saved token the form can be filled in while the socket opens.
 if (!session.token) showLogin();
 setConnState("connecting");
