@@ -426,19 +426,27 @@ class Session {
 const $ = (id) => document.getElementById(id);
 const els = {
   state: $("conn-state"), error: $("error"), me: $("me"), logout: $("logout"),
+  usersOpen: $("users-open"),
   splash: $("splash"), loginView: $("login-view"), chatView: $("chat-view"),
   loginForm: $("login-form"), loginName: $("login-name"), loginPassword: $("login-password"),
   loginNotice: $("login-notice"), inviteBox: $("invite-box"), loginInvite: $("login-invite"),
   channelList: $("channel-list"), newChannelForm: $("new-channel-form"), newChannelName: $("new-channel-name"),
   title: $("channel-title"), notice: $("channel-notice"), messages: $("messages"),
   outbox: $("outbox"), composer: $("composer-form"), input: $("composer-input"),
+  usersDialog: $("users-dialog"), usersRefresh: $("users-refresh"), usersError: $("users-error"),
+  userList: $("user-list"), invites: $("invites"), inviteForm: $("invite-form"),
+  inviteUses: $("invite-uses"), inviteTtl: $("invite-ttl"), inviteCreated: $("invite-created"),
+  inviteLink: $("invite-link"), inviteCopy: $("invite-copy"), inviteCopied: $("invite-copied"),
+  inviteList: $("invite-list"),
 };
 
 const app = {
-  me: null,
+  me: null, // { id, name, role? }: role comes with boot and the users list
   channels: new Map(), // id -> { id, name }, in boot order then creation order
   unread: new Set(),
   view: null, // the open channel, see newView
+  users: [], // the users panel's list, as the last `users` reply had it
+  usersLoad: 0, // a newer load makes the replies of older ones stale
 };
 
 // A fresh object per opening, so late replies for an older view are dropped.
@@ -477,7 +485,10 @@ function clearErrorIf(err) {
 }
 
 function showLogin() {
+  closeDialogs();
   app.me = null;
+  app.users = [];
+  app.usersLoad++;
   app.channels.clear();
   app.unread.clear();
   app.view = null;
@@ -486,18 +497,22 @@ function showLogin() {
   els.loginView.hidden = false;
   els.me.textContent = "";
   els.logout.hidden = true;
+  els.usersOpen.hidden = true;
   renderChannels();
   renderView();
   if (!els.loginName.value) els.loginName.focus();
 }
 
+// `auth` and `login` replies carry no role: keep the one boot gave.
 function showChat(user) {
-  app.me = user;
+  const role = user.role ?? (app.me?.id === user.id ? app.me.role : undefined);
+  app.me = { ...user, role };
   els.splash.hidden = true;
   els.loginView.hidden = true;
   els.chatView.hidden = false;
   els.me.textContent = user.name;
   els.logout.hidden = false;
+  els.usersOpen.hidden = false;
   showLoginNotice("");
   dropInviteFragment();
 }
@@ -533,6 +548,10 @@ function applyInviteFragment() {
 function dropInviteFragment() {
   if (!inviteFromFragment()) return;
   history.replaceState(history.state, "", location.pathname + location.search);
+}
+
+function inviteLink(code) {
+  return `${location.origin}${location.pathname}#invite=${encodeURIComponent(code)}`;
 }
 
 function renderChannels() {
@@ -839,6 +858,194 @@ function onComposerKey(e) {
   els.composer.requestSubmit();
 }
 
+// -------------------------------------------------------- users panel
+//
+// No event announces account changes, so the panel asks when it opens, on
+// Refresh, and after each change it makes. The server decides who may do what:
+// the admin controls only spare a member some `forbidden` replies.
+
+function closeDialogs() {
+  for (const dialog of [els.usersDialog]) if (dialog.open) dialog.close();
+}
+
+function isAdmin() {
+  return app.me?.role === "admin";
+}
+
+function formatDateTime(at) {
+  const date = new Date(at);
+  if (Number.isNaN(date.getTime())) return String(at);
+  return date.toLocaleString([], { dateStyle: "medium", timeStyle: "short" });
+}
+
+function setPanelError(err) {
+  els.usersError.textContent = err ? (err instanceof Error ? err.message : String(err)) : "";
+}
+
+function openUsersPanel() {
+  clearError();
+  setPanelError(null);
+  els.inviteCreated.hidden = true;
+  els.inviteLink.value = "";
+  els.inviteCopied.textContent = "";
+  renderUsers();
+  if (!els.usersDialog.open) els.usersDialog.showModal();
+  loadUsersPanel();
+}
+
+async function loadUsersPanel() {
+  const load = ++app.usersLoad;
+  try {
+    const ok = await session.conn.request("users");
+    if (load !== app.usersLoad) return;
+    app.users = ok.users;
+    // The list has the caller's current role (an admin may have changed it).
+    const me = ok.users.find((u) => u.id === app.me?.id);
+    if (me) app.me.role = me.role;
+    renderUsers();
+    if (isAdmin()) await loadInvites(load);
+  } catch (err) {
+    if (load === app.usersLoad) setPanelError(err);
+  }
+}
+
+async function loadInvites(load = app.usersLoad) {
+  const ok = await session.conn.request("list_invites");
+  if (load !== app.usersLoad || !isAdmin()) return;
+  renderInvites(ok.invites);
+}
+
+function renderUsers() {
+  const admin = isAdmin();
+  els.invites.hidden = !admin;
+  const items = app.users.map((user) => {
+    const li = el("li", "user");
+    li.dataset.userId = user.id;
+    li.classList.toggle("inactive", !user.active);
+    const who = el("span", "user-who");
+    who.append(el("span", "user-name", user.name));
+    if (user.id === app.me?.id) who.append(el("span", "user-you", "(you)"));
+    who.append(
+      el("span", `badge role-${user.role === "admin" ? "admin" : "member"}`, user.role),
+      el("span", `badge state-${user.active ? "active" : "inactive"}`,
+        user.active ? "active" : "deactivated"),
+    );
+    li.append(who);
+    if (admin) {
+      const actions = el("span", "user-actions");
+      const role = el("button", "set-role", user.role === "admin" ? "Make member" : "Make admin");
+      role.type = "button";
+      role.dataset.role = user.role === "admin" ? "member" : "admin";
+      const active = el("button", "set-active", user.active ? "Deactivate" : "Reactivate");
+      active.type = "button";
+      active.dataset.op = user.active ? "deactivate_user" : "reactivate_user";
+      active.classList.toggle("danger", user.active);
+      actions.append(role, active);
+      li.append(actions);
+    }
+    return li;
+  });
+  els.userList.replaceChildren(...items);
+}
+
+function renderInvites(invites) {
+  const items = invites.map((invite) => {
+    const li = el("li", "invite");
+    li.dataset.inviteId = invite.id;
+    const uses = invite.uses_left === 1 ? "1 use left" : `${invite.uses_left} uses left`;
+    const text = `${uses} · until ${formatDateTime(invite.expires_at)} · by ${invite.created_by.name}`;
+    const revoke = el("button", "revoke-invite", "Revoke");
+    revoke.type = "button";
+    li.append(el("span", "invite-text", text), revoke);
+    return li;
+  });
+  if (!items.length) items.push(el("li", "invite-none", "No open invites."));
+  els.inviteList.replaceChildren(...items);
+}
+
+// Runs one panel action with its button disabled; errors (e.g. `conflict`:
+// no active admin would be left) are shown in the panel.
+async function panelAction(button, op, args, after) {
+  setPanelError(null);
+  button.disabled = true;
+  try {
+    const ok = await session.conn.request(op, args);
+    await after(ok);
+  } catch (err) {
+    setPanelError(err);
+  } finally {
+    button.disabled = false;
+  }
+}
+
+function replaceUser(user) {
+  app.users = app.users.map((u) => (u.id === user.id ? user : u));
+  if (user.id === app.me?.id) app.me.role = user.role;
+  renderUsers();
+}
+
+function onUserListClick(e) {
+  const button = e.target.closest("button");
+  const id = button?.closest("li[data-user-id]")?.dataset.userId;
+  if (!id) return;
+  if (button.classList.contains("set-role")) {
+    panelAction(button, "set_role", { user: id, role: button.dataset.role },
+      (ok) => replaceUser(ok.user));
+  } else if (button.classList.contains("set-active")) {
+    panelAction(button, button.dataset.op, { user: id }, (ok) => replaceUser(ok.user));
+  }
+}
+
+function onInviteListClick(e) {
+  const button = e.target.closest("button.revoke-invite");
+  const id = button?.closest("li[data-invite-id]")?.dataset.inviteId;
+  if (!id) return;
+  panelAction(button, "revoke_invite", { invite: id }, () => loadInvites());
+}
+
+function onInviteSubmit(e) {
+  e.preventDefault();
+  const uses = Number(els.inviteUses.value);
+  const ttl = Number(els.inviteTtl.value);
+  const button = els.inviteForm.querySelector("button[type=submit]");
+  panelAction(button, "create_invite", { uses, ttl }, async (ok) => {
+    els.inviteLink.value = inviteLink(ok.invite.code);
+    els.inviteCopied.textContent = "";
+    els.inviteCreated.hidden = false;
+    els.inviteLink.focus();
+    els.inviteLink.select();
+    await loadInvites();
+  });
+}
+
+// The Clipboard API needs a secure context (https or localhost); elsewhere the
+// link is left selected for the reader to copy.
+async function copyInviteLink() {
+  els.inviteLink.focus();
+  els.inviteLink.select();
+  try {
+    await navigator.clipboard.writeText(els.inviteLink.value);
+    els.inviteCopied.textContent = "Copied.";
+  } catch {
+    const copied = document.execCommand("copy"); // the pre-Clipboard-API way
+    els.inviteCopied.textContent = copied ? "Copied." : "Press Ctrl+C (⌘C) to copy the selected link.";
+  }
+}
+
+function onDialogClick(e) {
+  const dialog = e.currentTarget;
+  if (e.target.closest(".dialog-close")) {
+    dialog.close();
+    return;
+  }
+  // A click on the backdrop lands on the dialog element itself, outside its box.
+  if (e.target !== dialog) return;
+  const box = dialog.getBoundingClientRect();
+  const outside = e.clientX < box.left || e.clientX > box.right
+    || e.clientY < box.top || e.clientY > box.bottom;
+  if (outside) dialog.close();
+}
+
 // ------------------------------------------------------------------ wiring
 
 const conn = new Connection(wsUrl(), {
@@ -868,6 +1075,19 @@ const session = new Session(conn, {
 
 els.loginForm.addEventListener("submit", onLoginSubmit);
 els.logout.addEventListener("click", () => { clearError(); showLoginNotice(""); session.logout(); });
+els.usersOpen.addEventListener("click", openUsersPanel);
+els.usersRefresh.addEventListener("click", loadUsersPanel);
+els.userList.addEventListener("click", onUserListClick);
+els.inviteList.addEventListener("click", onInviteListClick);
+els.inviteForm.addEventListener("submit", onInviteSubmit);
+els.inviteCopy.addEventListener("click", copyInviteLink);
+for (const dialog of [els.usersDialog]) {
+  dialog.addEventListener("click", onDialogClick);
+}
+window.addEventListener("hashchange", () => {
+  applyInviteFragment();
+  if (app.me) dropInviteFragment(); // logged in already: kept for after a logout
+});
 els.newChannelForm.addEventListener("submit", onNewChannelSubmit);
 els.channelList.addEventListener("click", onChannelListClick);
 els.messages.addEventListener("click", onMessagesClick);
@@ -879,10 +1099,6 @@ els.error.addEventListener("click", clearError);
 window.addEventListener("online", () => conn.wake());
 document.addEventListener("visibilitychange", () => {
   if (document.visibilityState === "visible") conn.wake();
-});
-window.addEventListener("hashchange", () => {
-  applyInviteFragment();
-  if (app.me) dropInviteFragment(); // logged in already: kept for after a logout
 });
 
 applyInviteFragment();
