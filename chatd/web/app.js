@@ -426,7 +426,7 @@ class Session {
 const $ = (id) => document.getElementById(id);
 const els = {
   state: $("conn-state"), error: $("error"), me: $("me"), logout: $("logout"),
-  usersOpen: $("users-open"),
+  usersOpen: $("users-open"), passwordOpen: $("password-open"),
   splash: $("splash"), loginView: $("login-view"), chatView: $("chat-view"),
   loginForm: $("login-form"), loginName: $("login-name"), loginPassword: $("login-password"),
   loginNotice: $("login-notice"), inviteBox: $("invite-box"), loginInvite: $("login-invite"),
@@ -438,6 +438,10 @@ const els = {
   inviteUses: $("invite-uses"), inviteTtl: $("invite-ttl"), inviteCreated: $("invite-created"),
   inviteLink: $("invite-link"), inviteCopy: $("invite-copy"), inviteCopied: $("invite-copied"),
   inviteList: $("invite-list"),
+  passwordDialog: $("password-dialog"), passwordForm: $("password-form"),
+  passwordUser: $("password-user"), passwordCurrent: $("password-current"),
+  passwordNew: $("password-new"), passwordRepeat: $("password-repeat"),
+  passwordError: $("password-error"), passwordOk: $("password-ok"),
 };
 
 const app = {
@@ -498,6 +502,7 @@ function showLogin() {
   els.me.textContent = "";
   els.logout.hidden = true;
   els.usersOpen.hidden = true;
+  els.passwordOpen.hidden = true;
   renderChannels();
   renderView();
   if (!els.loginName.value) els.loginName.focus();
@@ -513,6 +518,7 @@ function showChat(user) {
   els.me.textContent = user.name;
   els.logout.hidden = false;
   els.usersOpen.hidden = false;
+  els.passwordOpen.hidden = false;
   showLoginNotice("");
   dropInviteFragment();
 }
@@ -858,14 +864,14 @@ function onComposerKey(e) {
   els.composer.requestSubmit();
 }
 
-// -------------------------------------------------------- users panel
+// ------------------------------------------------- users panel, password
 //
 // No event announces account changes, so the panel asks when it opens, on
 // Refresh, and after each change it makes. The server decides who may do what:
 // the admin controls only spare a member some `forbidden` replies.
 
 function closeDialogs() {
-  for (const dialog of [els.usersDialog]) if (dialog.open) dialog.close();
+  for (const dialog of [els.usersDialog, els.passwordDialog]) if (dialog.open) dialog.close();
 }
 
 function isAdmin() {
@@ -1032,6 +1038,41 @@ async function copyInviteLink() {
   }
 }
 
+function openPasswordDialog() {
+  clearError();
+  els.passwordForm.reset();
+  els.passwordUser.value = app.me?.name ?? "";
+  els.passwordError.textContent = "";
+  els.passwordOk.textContent = "";
+  if (!els.passwordDialog.open) els.passwordDialog.showModal();
+  els.passwordCurrent.focus();
+}
+
+async function onPasswordSubmit(e) {
+  e.preventDefault();
+  els.passwordError.textContent = "";
+  els.passwordOk.textContent = "";
+  if (els.passwordNew.value !== els.passwordRepeat.value) {
+    els.passwordError.textContent = "The two new passwords differ.";
+    els.passwordRepeat.focus();
+    return;
+  }
+  const button = els.passwordForm.querySelector("button[type=submit]");
+  button.disabled = true;
+  try {
+    await session.conn.request("change_password", {
+      password: els.passwordCurrent.value, new_password: els.passwordNew.value,
+    });
+    els.passwordForm.reset();
+    els.passwordUser.value = app.me?.name ?? "";
+    els.passwordOk.textContent = "Password changed. Your other sessions were logged out.";
+  } catch (err) {
+    els.passwordError.textContent = err.message;
+  } finally {
+    button.disabled = false;
+  }
+}
+
 function onDialogClick(e) {
   const dialog = e.currentTarget;
   if (e.target.closest(".dialog-close")) {
@@ -1081,7 +1122,9 @@ els.userList.addEventListener("click", onUserListClick);
 els.inviteList.addEventListener("click", onInviteListClick);
 els.inviteForm.addEventListener("submit", onInviteSubmit);
 els.inviteCopy.addEventListener("click", copyInviteLink);
-for (const dialog of [els.usersDialog]) {
+els.passwordOpen.addEventListener("click", openPasswordDialog);
+els.passwordForm.addEventListener("submit", onPasswordSubmit);
+for (const dialog of [els.usersDialog, els.passwordDialog]) {
   dialog.addEventListener("click", onDialogClick);
 }
 window.addEventListener("hashchange", () => {
