@@ -15,19 +15,11 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
-from playwright.async_api import Route, async_playwright, expect
+from playwright.async_api import Route, expect
 
 from .helpers import PASSWORD, client, server_log_guard  # noqa: F401  (autouse fixture)
 from .support import Daemon
-from .test_web import (
-    CHROMIUM,
-    CHROMIUM_ARGS,
-    WAIT_MS,
-    Browsers,
-    Person,
-    require_chromium,
-    wait_states,
-)
+from .test_web import Browsers, Person, launch_browsers, wait_states
 
 FAST = ("--scrypt-n", "1024")
 CSP = (
@@ -43,6 +35,7 @@ document.addEventListener("securitypolicyviolation", (e) => {
 });
 """
 INVITE_LINK_RE = r"^{http}/#invite=[A-Za-z0-9_-]{{22,}}$"
+LNA_OFF = "--disable-features=LocalNetworkAccessChecks"
 
 
 @pytest.fixture
@@ -50,17 +43,8 @@ async def browsers(request: pytest.FixtureRequest) -> AsyncIterator[Browsers]:
     """test_web's fixture, with Chromium's local network access checks off: a page
     that Playwright fulfilled (to add the CSP) has no address space of its own, so
     Chromium would refuse its WebSocket to 127.0.0.1 as a public page's."""
-    require_chromium()
-    expect.set_options(timeout=WAIT_MS)
-    args = [*CHROMIUM_ARGS, "--disable-features=LocalNetworkAccessChecks"]
-    async with async_playwright() as pw:
-        browser = await pw.chromium.launch(executable_path=CHROMIUM, args=args)
-        b = Browsers(browser, request.node.name)
-        try:
-            yield b
-        finally:
-            await b.close()
-            await browser.close()
+    async with launch_browsers(request.node.name, LNA_OFF) as b:
+        yield b
 
 
 async def person(browsers: Browsers, http: str, name: str, **kw: Any) -> Person:
