@@ -210,18 +210,27 @@ def require_chromium() -> None:
         pytest.fail(f"{CHROMIUM} not found: run `make browser` (apt-get install chromium)")
 
 
-@pytest.fixture
-async def browsers(request: pytest.FixtureRequest) -> AsyncIterator[Browsers]:
+@contextlib.asynccontextmanager
+async def launch_browsers(test: str, *extra_args: str) -> AsyncIterator[Browsers]:
+    """One Chromium for the test named ``test``; ``extra_args`` are more of its flags."""
     require_chromium()
     expect.set_options(timeout=WAIT_MS)
     async with async_playwright() as pw:
-        browser = await pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        b = Browsers(browser, request.node.name)
+        browser = await pw.chromium.launch(
+            executable_path=CHROMIUM, args=[*CHROMIUM_ARGS, *extra_args]
+        )
+        b = Browsers(browser, test)
         try:
             yield b
         finally:
             await b.close()
             await browser.close()
+
+
+@pytest.fixture
+async def browsers(request: pytest.FixtureRequest) -> AsyncIterator[Browsers]:
+    async with launch_browsers(request.node.name) as b:
+        yield b
 
 
 async def server_ids(daemon: Daemon, channel: str) -> list[str]:

@@ -4,7 +4,7 @@
 //   Connection  one WebSocket at a time, refs -> replies, backoff, heartbeat
 //   Session     login/auth, stream position (epoch, seq), resume or resync, outbox
 //   UI          everything that touches the document
-// The wire contract is PROTOCOL.md (version 1).
+// The wire contract is PROTOCOL.md (version 2).
 
 const TOKEN_KEY = "chatd.token";
 const CHANNEL_KEY = "chatd.channel";
@@ -16,6 +16,9 @@ const PING_EVERY_MS = 25000;
 const PING_TIMEOUT_MS = 10000;
 const LOAD_OLDER_PX = 48;
 const RETRY_UNAVAILABLE_MS = 1000;
+// Close code: the token was ended (logout elsewhere, password change,
+// deactivation). Reconnecting with it would only be refused.
+const CLOSE_TOKEN_ENDED = 4001;
 
 // ---------------------------------------------------------------- helpers
 
@@ -67,7 +70,7 @@ class ConnectionLost extends Error {
 class Connection {
   constructor(url, handlers) {
     this.url = url;
-    this.handlers = handlers; // { onOpen, onClose, onEvent, onStrayError, mayPark }
+    this.handlers = handlers; // { onOpen, onClose, onEvent, onStrayError, onTokenEnded, mayPark }
     this.ws = null;
     // No socket and no retry timer: the session has no use for one (logged out),
     // so the next request for one (whenOpen) connects.
@@ -139,7 +142,7 @@ class Connection {
     this.ws = ws;
     ws.onopen = () => this._opened(ws);
     ws.onmessage = (e) => this._frame(ws, e.data);
-    ws.onclose = () => this._lost(ws); // also follows every onerror
+    ws.onclose = (e) => this._lost(ws, e); // also follows every onerror
   }
 
   _opened(ws) {
@@ -171,7 +174,7 @@ class Connection {
 
   // Handles both a real close and a socket we gave up on; the guard makes a
   // late onclose from an abandoned socket harmless.
-  _lost(ws) {
+  _lost(ws, closeEvent = null) {
     if (ws !== this.ws) return;
     this.ws = null;
     ws.onopen = ws.onmessage = ws.onclose = null;
@@ -181,6 +184,8 @@ class Connection {
     this.pending.clear();
     waiters.forEach((w) => w.reject(new ConnectionLost()));
     clearTimeout(this.retryTimer);
+    // Told first, so that mayPark below already sees the session logged out.
+    if (closeEvent?.code === CLOSE_TOKEN_ENDED) this.handlers.onTokenEnded(closeEvent.reason);
     // The server closes sockets that do not log in within its login timeout;
     // reconnecting for a login form that nobody submits would cycle forever.
     this.parked = this.handlers.mayPark();
@@ -203,7 +208,7 @@ class Connection {
 class Session {
   constructor(conn, hooks) {
     this.conn = conn;
-    this.hooks = hooks; // { onState, onLoggedIn, onLoggedOut, onSnapshot, onEvent, onSent, onOutbox, onLive, onError, onRecovered }
+    this.hooks = hooks; // { onState, onLoggedIn, onLoggedOut, onEnded, onSnapshot, onEvent, onSent, onOutbox, onLive, onError, onRecovered }
     this.token = store.get(TOKEN_KEY);
     this.user = null;
     this.epoch = null;
@@ -249,12 +254,23 @@ class Session {
     this.hooks.onEvent(ev);
   }
 
-  async login(name, password) {
+  // The server closed the socket with 4001: this token is over for good.
+  onTokenEnded(reason) {
+    if (this.token === null) return;
+    this._forget();
+    this.hooks.onLoggedOut();
+    this.hooks.onEnded(reason);
+  }
+
+  // `invite` (a code) only matters for a new name on a server without open sign-up.
+  async login(name, password, invite = "") {
     this.loggingIn = true;
     let ok;
     try {
       await this.conn.whenOpen();
-      ok = await this.conn.request("login", { name, password });
+      const args = { name, password };
+      if (invite) args.invite = invite;
+      ok = await this.conn.request("login", args);
     } finally {
       this.loggingIn = false;
     }
@@ -369,8 +385,10 @@ class Session {
   _syncFailed(err) {
     if (err.code === "connection_lost") return; // the next socket starts over
     if (err.code === "unauthorized") {
+      const hadToken = this.token !== null;
       this._forget();
       this._loggedOut();
+      if (hadToken) this.hooks.onEnded(""); // e.g. ended while this page was offline
       return;
     }
     // e.g. `unavailable` while the server drains: back off and try again.
@@ -391,8 +409,9 @@ class Session {
   }
 
   _forget() {
+    // Another tab of this browser may have saved a newer login meanwhile.
+    if (store.get(TOKEN_KEY) === this.token) store.set(TOKEN_KEY, null);
     this.token = null;
-    store.set(TOKEN_KEY, null);
     this.user = null;
     this.epoch = null;
     this.lastSeq = 0;
@@ -407,18 +426,31 @@ class Session {
 const $ = (id) => document.getElementById(id);
 const els = {
   state: $("conn-state"), error: $("error"), me: $("me"), logout: $("logout"),
+  usersOpen: $("users-open"), passwordOpen: $("password-open"),
   splash: $("splash"), loginView: $("login-view"), chatView: $("chat-view"),
   loginForm: $("login-form"), loginName: $("login-name"), loginPassword: $("login-password"),
+  loginNotice: $("login-notice"), inviteBox: $("invite-box"), loginInvite: $("login-invite"),
   channelList: $("channel-list"), newChannelForm: $("new-channel-form"), newChannelName: $("new-channel-name"),
   title: $("channel-title"), notice: $("channel-notice"), messages: $("messages"),
   outbox: $("outbox"), composer: $("composer-form"), input: $("composer-input"),
+  usersDialog: $("users-dialog"), usersRefresh: $("users-refresh"), usersError: $("users-error"),
+  userList: $("user-list"), invites: $("invites"), inviteForm: $("invite-form"),
+  inviteUses: $("invite-uses"), inviteTtl: $("invite-ttl"), inviteCreated: $("invite-created"),
+  inviteLink: $("invite-link"), inviteCopy: $("invite-copy"), inviteCopied: $("invite-copied"),
+  inviteList: $("invite-list"),
+  passwordDialog: $("password-dialog"), passwordForm: $("password-form"),
+  passwordUser: $("password-user"), passwordCurrent: $("password-current"),
+  passwordNew: $("password-new"), passwordRepeat: $("password-repeat"),
+  passwordError: $("password-error"), passwordOk: $("password-ok"),
 };
 
 const app = {
-  me: null,
+  me: null, // { id, name, role? }: role comes with boot and the users list
   channels: new Map(), // id -> { id, name }, in boot order then creation order
   unread: new Set(),
   view: null, // the open channel, see newView
+  users: [], // the users panel's list, as the last `users` reply had it
+  usersLoad: 0, // a newer load makes the replies of older ones stale
 };
 
 // A fresh object per opening, so late replies for an older view are dropped.
@@ -457,7 +489,10 @@ function clearErrorIf(err) {
 }
 
 function showLogin() {
+  closeDialogs();
   app.me = null;
+  app.users = [];
+  app.usersLoad++;
   app.channels.clear();
   app.unread.clear();
   app.view = null;
@@ -466,18 +501,63 @@ function showLogin() {
   els.loginView.hidden = false;
   els.me.textContent = "";
   els.logout.hidden = true;
+  els.usersOpen.hidden = true;
+  els.passwordOpen.hidden = true;
   renderChannels();
   renderView();
   if (!els.loginName.value) els.loginName.focus();
 }
 
+// `auth` and `login` replies carry no role: keep the one boot gave.
 function showChat(user) {
-  app.me = user;
+  const role = user.role ?? (app.me?.id === user.id ? app.me.role : undefined);
+  app.me = { ...user, role };
   els.splash.hidden = true;
   els.loginView.hidden = true;
   els.chatView.hidden = false;
   els.me.textContent = user.name;
   els.logout.hidden = false;
+  els.usersOpen.hidden = false;
+  els.passwordOpen.hidden = false;
+  showLoginNotice("");
+  dropInviteFragment();
+}
+
+function showLoginNotice(text) {
+  els.loginNotice.textContent = text;
+  els.loginNotice.hidden = !text;
+}
+
+// Close code 4001, or a saved token the server no longer takes.
+function onSessionEnded(reason) {
+  const why = reason ? `You were logged out: ${reason}.` : "Your session has ended.";
+  showLoginNotice(`${why} Log in again to continue.`);
+}
+
+// ------------------------------------------------------- invite links
+//
+// An invite link is the page's own address with the code in the fragment
+// (#invite=CODE): browsers never send the fragment, so no server or proxy log
+// sees the code.
+
+function inviteFromFragment() {
+  return new URLSearchParams(location.hash.slice(1)).get("invite") || "";
+}
+
+function applyInviteFragment() {
+  const code = inviteFromFragment();
+  if (!code) return;
+  els.loginInvite.value = code;
+  els.inviteBox.open = true;
+}
+
+function dropInviteFragment() {
+  if (!inviteFromFragment()) return;
+  history.replaceState(history.state, "", location.pathname + location.search);
+}
+
+function inviteLink(code) {
+  return `${location.origin}${location.pathname}#invite=${encodeURIComponent(code)}`;
 }
 
 function renderChannels() {
@@ -700,9 +780,14 @@ async function onLoginSubmit(e) {
   clearError();
   const button = els.loginForm.querySelector("button");
   button.disabled = true;
+  const invite = els.loginInvite.value.trim();
   try {
-    await session.login(els.loginName.value, els.loginPassword.value);
+    await session.login(els.loginName.value, els.loginPassword.value, invite);
     els.loginPassword.value = "";
+    if (invite) { // used up or not needed: either way not for the next login
+      els.loginInvite.value = "";
+      els.inviteBox.open = false;
+    }
   } catch (err) {
     showError(err);
   } finally {
@@ -779,6 +864,229 @@ function onComposerKey(e) {
   els.composer.requestSubmit();
 }
 
+// ------------------------------------------------- users panel, password
+//
+// No event announces account changes, so the panel asks when it opens, on
+// Refresh, and after each change it makes. The server decides who may do what:
+// the admin controls only spare a member some `forbidden` replies.
+
+function closeDialogs() {
+  for (const dialog of [els.usersDialog, els.passwordDialog]) if (dialog.open) dialog.close();
+}
+
+function isAdmin() {
+  return app.me?.role === "admin";
+}
+
+function formatDateTime(at) {
+  const date = new Date(at);
+  if (Number.isNaN(date.getTime())) return String(at);
+  return date.toLocaleString([], { dateStyle: "medium", timeStyle: "short" });
+}
+
+function setPanelError(err) {
+  els.usersError.textContent = err ? (err instanceof Error ? err.message : String(err)) : "";
+}
+
+function openUsersPanel() {
+  clearError();
+  setPanelError(null);
+  els.inviteCreated.hidden = true;
+  els.inviteLink.value = "";
+  els.inviteCopied.textContent = "";
+  renderUsers();
+  if (!els.usersDialog.open) els.usersDialog.showModal();
+  loadUsersPanel();
+}
+
+async function loadUsersPanel() {
+  const load = ++app.usersLoad;
+  try {
+    const ok = await session.conn.request("users");
+    if (load !== app.usersLoad) return;
+    app.users = ok.users;
+    // The list has the caller's current role (an admin may have changed it).
+    const me = ok.users.find((u) => u.id === app.me?.id);
+    if (me) app.me.role = me.role;
+    renderUsers();
+    if (isAdmin()) await loadInvites(load);
+  } catch (err) {
+    if (load === app.usersLoad) setPanelError(err);
+  }
+}
+
+async function loadInvites(load = app.usersLoad) {
+  const ok = await session.conn.request("list_invites");
+  if (load !== app.usersLoad || !isAdmin()) return;
+  renderInvites(ok.invites);
+}
+
+function renderUsers() {
+  const admin = isAdmin();
+  els.invites.hidden = !admin;
+  const items = app.users.map((user) => {
+    const li = el("li", "user");
+    li.dataset.userId = user.id;
+    li.classList.toggle("inactive", !user.active);
+    const who = el("span", "user-who");
+    who.append(el("span", "user-name", user.name));
+    if (user.id === app.me?.id) who.append(el("span", "user-you", "(you)"));
+    who.append(
+      el("span", `badge role-${user.role === "admin" ? "admin" : "member"}`, user.role),
+      el("span", `badge state-${user.active ? "active" : "inactive"}`,
+        user.active ? "active" : "deactivated"),
+    );
+    li.append(who);
+    if (admin) {
+      const actions = el("span", "user-actions");
+      const role = el("button", "set-role", user.role === "admin" ? "Make member" : "Make admin");
+      role.type = "button";
+      role.dataset.role = user.role === "admin" ? "member" : "admin";
+      const active = el("button", "set-active", user.active ? "Deactivate" : "Reactivate");
+      active.type = "button";
+      active.dataset.op = user.active ? "deactivate_user" : "reactivate_user";
+      active.classList.toggle("danger", user.active);
+      actions.append(role, active);
+      li.append(actions);
+    }
+    return li;
+  });
+  els.userList.replaceChildren(...items);
+}
+
+function renderInvites(invites) {
+  const items = invites.map((invite) => {
+    const li = el("li", "invite");
+    li.dataset.inviteId = invite.id;
+    const uses = invite.uses_left === 1 ? "1 use left" : `${invite.uses_left} uses left`;
+    const text = `${uses} · until ${formatDateTime(invite.expires_at)} · by ${invite.created_by.name}`;
+    const revoke = el("button", "revoke-invite", "Revoke");
+    revoke.type = "button";
+    li.append(el("span", "invite-text", text), revoke);
+    return li;
+  });
+  if (!items.length) items.push(el("li", "invite-none", "No open invites."));
+  els.inviteList.replaceChildren(...items);
+}
+
+// Runs one panel action with its button disabled; errors (e.g. `conflict`:
+// no active admin would be left) are shown in the panel.
+async function panelAction(button, op, args, after) {
+  setPanelError(null);
+  button.disabled = true;
+  try {
+    const ok = await session.conn.request(op, args);
+    await after(ok);
+  } catch (err) {
+    setPanelError(err);
+  } finally {
+    button.disabled = false;
+  }
+}
+
+function replaceUser(user) {
+  app.users = app.users.map((u) => (u.id === user.id ? user : u));
+  if (user.id === app.me?.id) app.me.role = user.role;
+  renderUsers();
+}
+
+function onUserListClick(e) {
+  const button = e.target.closest("button");
+  const id = button?.closest("li[data-user-id]")?.dataset.userId;
+  if (!id) return;
+  if (button.classList.contains("set-role")) {
+    panelAction(button, "set_role", { user: id, role: button.dataset.role },
+      (ok) => replaceUser(ok.user));
+  } else if (button.classList.contains("set-active")) {
+    panelAction(button, button.dataset.op, { user: id }, (ok) => replaceUser(ok.user));
+  }
+}
+
+function onInviteListClick(e) {
+  const button = e.target.closest("button.revoke-invite");
+  const id = button?.closest("li[data-invite-id]")?.dataset.inviteId;
+  if (!id) return;
+  panelAction(button, "revoke_invite", { invite: id }, () => loadInvites());
+}
+
+function onInviteSubmit(e) {
+  e.preventDefault();
+  const uses = Number(els.inviteUses.value);
+  const ttl = Number(els.inviteTtl.value);
+  const button = els.inviteForm.querySelector("button[type=submit]");
+  panelAction(button, "create_invite", { uses, ttl }, async (ok) => {
+    els.inviteLink.value = inviteLink(ok.invite.code);
+    els.inviteCopied.textContent = "";
+    els.inviteCreated.hidden = false;
+    els.inviteLink.focus();
+    els.inviteLink.select();
+    await loadInvites();
+  });
+}
+
+// The Clipboard API needs a secure context (https or localhost); elsewhere the
+// link is left selected for the reader to copy.
+async function copyInviteLink() {
+  els.inviteLink.focus();
+  els.inviteLink.select();
+  try {
+    await navigator.clipboard.writeText(els.inviteLink.value);
+    els.inviteCopied.textContent = "Copied.";
+  } catch {
+    const copied = document.execCommand("copy"); // the pre-Clipboard-API way
+    els.inviteCopied.textContent = copied ? "Copied." : "Press Ctrl+C (⌘C) to copy the selected link.";
+  }
+}
+
+function openPasswordDialog() {
+  clearError();
+  els.passwordForm.reset();
+  els.passwordUser.value = app.me?.name ?? "";
+  els.passwordError.textContent = "";
+  els.passwordOk.textContent = "";
+  if (!els.passwordDialog.open) els.passwordDialog.showModal();
+  els.passwordCurrent.focus();
+}
+
+async function onPasswordSubmit(e) {
+  e.preventDefault();
+  els.passwordError.textContent = "";
+  els.passwordOk.textContent = "";
+  if (els.passwordNew.value !== els.passwordRepeat.value) {
+    els.passwordError.textContent = "The two new passwords differ.";
+    els.passwordRepeat.focus();
+    return;
+  }
+  const button = els.passwordForm.querySelector("button[type=submit]");
+  button.disabled = true;
+  try {
+    await session.conn.request("change_password", {
+      password: els.passwordCurrent.value, new_password: els.passwordNew.value,
+    });
+    els.passwordForm.reset();
+    els.passwordUser.value = app.me?.name ?? "";
+    els.passwordOk.textContent = "Password changed. Your other sessions were logged out.";
+  } catch (err) {
+    els.passwordError.textContent = err.message;
+  } finally {
+    button.disabled = false;
+  }
+}
+
+function onDialogClick(e) {
+  const dialog = e.currentTarget;
+  if (e.target.closest(".dialog-close")) {
+    dialog.close();
+    return;
+  }
+  // A click on the backdrop lands on the dialog element itself, outside its box.
+  if (e.target !== dialog) return;
+  const box = dialog.getBoundingClientRect();
+  const outside = e.clientX < box.left || e.clientX > box.right
+    || e.clientY < box.top || e.clientY > box.bottom;
+  if (outside) dialog.close();
+}
+
 // ------------------------------------------------------------------ wiring
 
 const conn = new Connection(wsUrl(), {
@@ -786,6 +1094,7 @@ const conn = new Connection(wsUrl(), {
   onClose: (parked) => session.onClose(parked),
   onEvent: (ev) => session.onEvent(ev),
   onStrayError: showError,
+  onTokenEnded: (reason) => session.onTokenEnded(reason),
   mayPark: () => session.mayPark(),
 });
 
@@ -793,6 +1102,7 @@ const session = new Session(conn, {
   onState: setConnState,
   onLoggedIn: showChat,
   onLoggedOut: showLogin,
+  onEnded: onSessionEnded,
   onSnapshot: applySnapshot,
   onEvent: applyEvent,
   onSent: (message, channelId) => {
@@ -805,7 +1115,22 @@ const session = new Session(conn, {
 });
 
 els.loginForm.addEventListener("submit", onLoginSubmit);
-els.logout.addEventListener("click", () => { clearError(); session.logout(); });
+els.logout.addEventListener("click", () => { clearError(); showLoginNotice(""); session.logout(); });
+els.usersOpen.addEventListener("click", openUsersPanel);
+els.usersRefresh.addEventListener("click", loadUsersPanel);
+els.userList.addEventListener("click", onUserListClick);
+els.inviteList.addEventListener("click", onInviteListClick);
+els.inviteForm.addEventListener("submit", onInviteSubmit);
+els.inviteCopy.addEventListener("click", copyInviteLink);
+els.passwordOpen.addEventListener("click", openPasswordDialog);
+els.passwordForm.addEventListener("submit", onPasswordSubmit);
+for (const dialog of [els.usersDialog, els.passwordDialog]) {
+  dialog.addEventListener("click", onDialogClick);
+}
+window.addEventListener("hashchange", () => {
+  applyInviteFragment();
+  if (app.me) dropInviteFragment(); // logged in already: kept for after a logout
+});
 els.newChannelForm.addEventListener("submit", onNewChannelSubmit);
 els.channelList.addEventListener("click", onChannelListClick);
 els.messages.addEventListener("click", onMessagesClick);
@@ -819,6 +1144,7 @@ document.addEventListener("visibilitychange", () => {
   if (document.visibilityState === "visible") conn.wake();
 });
 
+applyInviteFragment();
 // Without a saved token the form can be filled in while the socket opens.
 if (!session.token) showLogin();
 setConnState("connecting");
