@@ -49,7 +49,9 @@ CREATE TABLE messages (
     sender_id   TEXT NOT NULL,
     sender_name TEXT NOT NULL,
     at_ms       INTEGER NOT NULL,
-    body        TEXT NOT NULL
+    body        TEXT NOT NULL,
+    -- version 3:
+    edited_ms   INTEGER                   -- the time of its latest edit, NULL if never
 );
 CREATE INDEX messages_channel ON messages(channel_id, seq);
 CREATE INDEX messages_at ON messages(at_ms);
@@ -61,9 +63,14 @@ CREATE TABLE events (
     seq        INTEGER PRIMARY KEY,
     at_ms      INTEGER NOT NULL,
     channel_id TEXT NOT NULL,
-    frame      BLOB NOT NULL
+    frame      BLOB NOT NULL,
+    -- version 3: the message whose body the frame carries (message.sent and
+    -- message.edited; NULL for every other event): an edit rewrites these frames,
+    -- a delete drops them
+    message_id TEXT
 );
 CREATE INDEX events_channel ON events(channel_id, seq);
+CREATE INDEX events_message ON events(message_id) WHERE message_id IS NOT NULL;
 
 -- send idempotency: (user, nonce) -> the first ok. No body is kept here.
 CREATE TABLE nonces (

@@ -133,10 +133,11 @@ def escape(text: str) -> str:
 def format_event(event: wire.Event) -> str:
     """The human one-line form of an event: ``seq at #channel what``."""
     head = f"{event.seq} {event.at} #{escape(event.channel.name)}"
-    if event.kind == "message.sent":
+    if event.kind in ("message.sent", "message.edited"):
         sender = escape(event.sender.name) if event.sender else "?"
         body = escape(event.message.body or "") if event.message else ""
-        return f"{head} <{sender}> {body}"
+        edited = " (edited)" if event.message and event.message.edited_at else ""
+        return f"{head} <{sender}> {body}{edited}"
     if event.kind == "message.deleted":
         mid = event.message.id if event.message else "?"
         return f"{head} message {mid} deleted"
@@ -148,7 +149,9 @@ def format_event(event: wire.Event) -> str:
 
 
 def format_message(message: wire.Message) -> str:
-    return f"{message.seq} {message.at} <{escape(message.sender.name)}> {escape(message.body)}"
+    edited = " (edited)" if message.edited_at else ""
+    return (f"{message.seq} {message.at} <{escape(message.sender.name)}> "
+            f"{escape(message.body)}{edited}")
 
 
 def resolve_channel(channels: Sequence[wire.Channel], ref: str) -> wire.Channel:
@@ -199,6 +202,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("name")
     p = add("send", cmd_send, "send a message")
     p.add_argument("channel", metavar="CHANNEL", help="channel name or id")
+    p.add_argument("text", metavar="TEXT")
+    p = add("edit", cmd_edit, "replace the text of one of your messages")
+    p.add_argument("message", metavar="MESSAGE", help="message id (chatd history shows it)")
     p.add_argument("text", metavar="TEXT")
     p = add("history", cmd_history, "print the latest messages of a channel, oldest first")
     p.add_argument("channel", metavar="CHANNEL", help="channel name or id")
@@ -508,4 +514,15 @@ async def _account(args: argparse.Namespace) -> int:
         else:
             ok = await client.deactivate_user(user.id)
     _print(_account_line(ok.user))
+    return 0
+
+
+def cmd_edit(args: argparse.Namespace) -> int:
+    return _run(args, _edit)
+
+
+async def _edit(args: argparse.Namespace) -> int:
+    async with _client(args, ONE_SHOT_DELAYS) as client:
+        ok = await client.edit_message(args.message, args.text)
+    _print(f"edited {ok.message.id} (seq {ok.message.seq}) in #{escape(ok.channel.name)}")
     return 0

@@ -53,6 +53,7 @@ from .ops import (
     CreateUserOp,
     DeleteChannelOp,
     DeleteMessageOp,
+    EditMessageOp,
     IssueTokenOp,
     RevokeInviteOp,
     RevokeTokenOp,
@@ -503,6 +504,12 @@ class Session:
         )
         return wire.SendOk(cmd.ref, sent.message, sent.channel)
 
+    async def _edit_message(self, cmd: wire.EditMessage) -> wire.SendOk:
+        message_id = validate.text("message", cmd.message)
+        body = validate.body(cmd.body)
+        sent: Sent = await self.app.writer.submit(EditMessageOp(self._me(), message_id, body))
+        return wire.SendOk(cmd.ref, sent.message, sent.channel)
+
     async def _delete_message(self, cmd: wire.DeleteMessage) -> wire.DeleteMessageOk:
         message_id = validate.text("message", cmd.message)
         mid, channel = await self.app.writer.submit(DeleteMessageOp(self._me(), message_id))
@@ -563,6 +570,7 @@ _HANDLERS: dict[type[wire.Command], Handler] = {
     wire.DeleteChannel: Session._delete_channel,
     wire.Send: Session._send,
     wire.DeleteMessage: Session._delete_message,
+    wire.EditMessage: Session._edit_message,
     wire.History: Session._history,
     wire.Subscribe: Session._subscribe,
     wire.Unsubscribe: Session._unsubscribe,

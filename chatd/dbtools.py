@@ -196,10 +196,13 @@ async def export_lines(store: Store, channel: str | None) -> AsyncIterator[dict[
             yield {"type": "channel", "id": channel_id, "name": channel_name}
             after = 0
             while page := await snap.messages_after(channel_id, after, EXPORT_PAGE):
-                for message_id, seq, at_ms, sender_id, sender_name, body in page:
-                    yield {"type": "message", "id": message_id, "channel": channel_id,
-                           "seq": seq, "at": wire.format_at(at_ms),
-                           "sender": {"id": sender_id, "name": sender_name}, "body": body}
+                for message_id, seq, at_ms, sender_id, sender_name, body, edited in page:
+                    line = {"type": "message", "id": message_id, "channel": channel_id,
+                            "seq": seq, "at": wire.format_at(at_ms),
+                            "sender": {"id": sender_id, "name": sender_name}, "body": body}
+                    if edited is not None:
+                        line["edited_at"] = wire.format_at(edited)
+                    yield line
                 after = page[-1][1]
 
 

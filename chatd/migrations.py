@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from .exceptions import StartupError
 
 #: The schema version of a new database; the version this code reads and writes.
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 #: The ``migrations.name`` of the row a new database is created with.
 CREATED = "new database"
@@ -96,6 +96,16 @@ CREATE TABLE migrations (
 );
 """
 
+# Edits: a message's latest edit time, and which events carry a message's body
+# (a message.sent event has the seq of its message).
+_V3 = """
+ALTER TABLE messages ADD COLUMN edited_ms {int};
+ALTER TABLE events ADD COLUMN message_id TEXT;
+UPDATE events SET message_id = (SELECT id FROM messages WHERE messages.seq = events.seq)
+    WHERE seq IN (SELECT seq FROM messages);
+CREATE INDEX events_message ON events(message_id) WHERE message_id IS NOT NULL
+"""
+
 #: Every migration, by version (2 to :data:`SCHEMA_VERSION`, none missing).
 MIGRATIONS: dict[int, Migration] = {
     m.version: m
@@ -106,6 +116,13 @@ MIGRATIONS: dict[int, Migration] = {
             " created_seq; invites; the migrations table",
             _V2_SQLITE,
             _V2_POSTGRES,
+        ),
+        Migration(
+            3,
+            "message edits: messages.edited_ms; events.message_id for the events"
+            " that carry a message's body",
+            _V3.format(int="INTEGER"),
+            _V3.format(int="BIGINT"),
         ),
     ]
 }

@@ -114,6 +114,13 @@ class SendOp:
 
 
 @dataclass(frozen=True, slots=True)
+class EditMessageOp:
+    user: wire.User
+    message_id: str
+    body: str
+
+
+@dataclass(frozen=True, slots=True)
 class DeleteMessageOp:
     user: wire.User
     message_id: str
@@ -133,8 +140,8 @@ class ExpireOp:
 
 Op = (
     CreateUserOp | IssueTokenOp | RevokeTokenOp | CreateChannelOp | DeleteChannelOp | SendOp
-    | DeleteMessageOp | ExpireOp | ChangePasswordOp | SetRoleOp | SetActiveOp | CreateInviteOp
-    | RevokeInviteOp
+    | DeleteMessageOp | EditMessageOp | ExpireOp | ChangePasswordOp | SetRoleOp | SetActiveOp
+    | CreateInviteOp | RevokeInviteOp
 )
 
 # -------------------------------------------------------------------- results

@@ -120,8 +120,8 @@ def _ended_by_server(conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any
 
 
 _INSERT_EVENTS = (
-    "INSERT INTO events(seq, at_ms, channel_id, frame)"
-    " SELECT * FROM unnest(%b::bigint[], %b::bigint[], %b::text[], %b::bytea[])"
+    "INSERT INTO events(seq, at_ms, channel_id, frame, message_id)"
+    " SELECT * FROM unnest(%b::bigint[], %b::bigint[], %b::text[], %b::bytea[], %b::text[])"
 )
 _INSERT_MESSAGES = (
     "INSERT INTO messages(seq, id, channel_id, sender_id, sender_name, at_ms, body)"
@@ -282,18 +282,24 @@ class _PgTx(SendBuffer, RowStatements):
 
     # -- messages and events
 
-    def delete_messages(self, seqs: list[int]) -> None:
+    def edit_message(self, seq: int, body: str, edited_ms: int) -> None:
+        self._run("UPDATE messages SET body = %s, edited_ms = %s WHERE seq = %s",
+                  (body.encode(), edited_ms, seq))
+
+    def delete_messages(self, rows: list[tuple[str, int]]) -> None:
+        seqs, ids = [s for _, s in rows], [i for i, _ in rows]
         with self.conn.pipeline():
             self._queue_buffers()
             self._queue("DELETE FROM messages WHERE seq = ANY(%s)", (seqs,))
-            self._queue("DELETE FROM events WHERE seq = ANY(%s)", (seqs,))
+            self._queue("DELETE FROM events WHERE seq = ANY(%s) OR message_id = ANY(%s)",
+                        (seqs, ids))
 
     # -- nonces
 
     def nonces(self, keys: list[tuple[str, str]]) -> dict[tuple[str, str], NonceRow]:
         rows = self.conn.execute(
             "SELECT n.user_id, n.nonce, n.message_id, n.seq, n.at_ms, n.channel_id,"
-            " n.channel_name, m.body"
+            " n.channel_name, m.body, m.edited_ms"
             " FROM nonces n LEFT JOIN messages m ON m.id = n.message_id"
             " WHERE (n.user_id, n.nonce) IN"
             " (SELECT * FROM unnest(%s::text[], %s::bytea[]))",
@@ -301,8 +307,9 @@ class _PgTx(SendBuffer, RowStatements):
         ).fetchall()
         return {
             (user_id, nonce.decode()): (message_id, seq, at_ms, channel_id, channel_name,
-                                        None if body is None else body.decode())
-            for user_id, nonce, message_id, seq, at_ms, channel_id, channel_name, body in rows
+                                        None if body is None else body.decode(), edited_ms)
+            for user_id, nonce, message_id, seq, at_ms, channel_id, channel_name, body, edited_ms
+            in rows
         }
 
     # -- expiry
@@ -662,10 +669,11 @@ class _PgSnapshot:
     async def _messages(self, where: str, args: tuple[Any, ...]) -> list[MessageRow]:
         """Message rows with their bodies decoded (BYTEA: UTF-8)."""
         rows = await self._rows(
-            "SELECT id, seq, at_ms, sender_id, sender_name, body FROM messages " + where, args
+            "SELECT id, seq, at_ms, sender_id, sender_name, body, edited_ms FROM messages "
+            + where, args
         )
-        return [(i, seq, at_ms, uid, name, body.decode())
-                for i, seq, at_ms, uid, name, body in rows]
+        return [(i, seq, at_ms, uid, name, body.decode(), edited)
+                for i, seq, at_ms, uid, name, body, edited in rows]
 
     async def messages(self, channel_id: str, before: int, limit: int) -> list[MessageRow]:
         return await self._messages(

@@ -56,6 +56,7 @@ from .ops import (
     CreateUserOp,
     DeleteChannelOp,
     DeleteMessageOp,
+    EditMessageOp,
     EventPage,
     Expired,
     ExpireOp,
@@ -74,6 +75,9 @@ from .ops import (
 from .storage import AccountRow, Backend, NonceRow, Snapshot, UserRow, WriteTx
 
 log = logging.getLogger("chatd.rules")
+
+#: stored frames are decoded only to rewrite them (an edit)
+_event_decoder = msgspec.json.Decoder(wire.Event)
 
 
 class _Commit:
@@ -99,10 +103,13 @@ class _Commit:
         channel: wire.Channel,
         sender: wire.User | None = None,
         message: wire.EventMessage | None = None,
+        carries: str | None = None,
     ) -> int:
+        """Store and publish the next event; ``carries``: the id of the message
+        whose body it carries (message.sent, message.edited)."""
         self.seq += 1
         frame = self.encoder.encode(wire.Event(self.seq, self.at, kind, channel, sender, message))
-        self.tx.insert_event(self.seq, self.at_ms, channel.id, frame)
+        self.tx.insert_event(self.seq, self.at_ms, channel.id, frame, carries)
         self.events.append(Published(self.seq, channel.id, frame))
         return self.seq
 
@@ -114,7 +121,7 @@ class _Commit:
         """
         for message_id, _ in rows:
             self.emit("message.deleted", channel, message=wire.EventMessage(message_id))
-        self.tx.delete_messages([seq for _, seq in rows])
+        self.tx.delete_messages(rows)
 
     def delete_channel(self, channel: wire.Channel) -> int:
         """message.deleted for each remaining message, then channel.deleted."""
@@ -324,12 +331,12 @@ class Rules:
                 return first
             row = c.earlier.get((op.user.id, op.nonce))
             if row:
-                message_id, seq, at_ms, channel_id, channel_name, body = row
-                # The first ok again. If the message was deleted since, its body is
-                # gone for good; the retry carries the same body, so echo that.
+                message_id, seq, at_ms, channel_id, channel_name, body, edited = row
+                # The first ok again. If the message was deleted or edited since, its
+                # first body is gone for good; the retry carries it, so echo that.
                 message = wire.Message(
                     message_id, seq, wire.format_at(at_ms), op.user,
-                    body if body is not None else op.body,
+                    body if body is not None and edited is None else op.body,
                 )
                 return Sent(message, wire.Channel(channel_id, channel_name))
         channel, _ = self._channel(c.tx, op.channel_id)
@@ -337,7 +344,7 @@ class Rules:
         message_id = new_ordered_id("M", c.seq + 1, self._rng)
         seq = c.emit(
             "message.sent", channel, sender=op.user,
-            message=wire.EventMessage(message_id, op.body),
+            message=wire.EventMessage(message_id, op.body), carries=message_id,
         )
         c.tx.insert_message(seq, message_id, channel.id, op.user.id, op.user.name, c.at_ms,
                             op.body)
@@ -348,6 +355,31 @@ class Rules:
                               channel.name)
             c.nonces[(op.user.id, op.nonce)] = sent
         return sent
+
+    def _edit_message(self, c: _Commit, op: EditMessageOp) -> Sent:
+        """Only the latest body is kept: the message row, and every retained event
+        that carries the body (its message.sent, earlier message.edited), are
+        rewritten, so no later frame shows the old text."""
+        tx = c.tx
+        row = tx.message_info(op.message_id)
+        if row is None:
+            raise NotFound(f"message: no message {op.message_id!r}")
+        seq, channel_id, sender_id, sender_name, at_ms = row
+        if sender_id != op.user.id:
+            raise Forbidden("message: only its sender may edit it")
+        channel, _ = self._channel(tx, channel_id)
+        tx.edit_message(seq, op.body, c.at_ms)
+        latest = wire.EventMessage(op.message_id, op.body, c.at)
+        for event_seq, frame in tx.message_events(op.message_id):
+            event = _event_decoder.decode(frame)
+            event.message = latest
+            tx.set_event_frame(event_seq, self._encoder.encode(event))
+        sender = wire.User(sender_id, sender_name)
+        c.emit("message.edited", channel, sender=sender, message=latest,
+               carries=op.message_id)
+        message = wire.Message(op.message_id, seq, wire.format_at(at_ms), sender, op.body,
+                               c.at)
+        return Sent(message, channel)
 
     def _delete_message(self, c: _Commit, op: DeleteMessageOp) -> tuple[str, wire.Channel]:
         row = c.tx.message(op.message_id)
@@ -406,6 +438,7 @@ _APPLY: dict[type, Callable[[Rules, _Commit, Any], object]] = {
     DeleteChannelOp: Rules._delete_channel,
     SendOp: Rules._send,
     DeleteMessageOp: Rules._delete_message,
+    EditMessageOp: Rules._edit_message,
     ExpireOp: Rules._expire,
     ChangePasswordOp: Rules._change_password,
     SetRoleOp: Rules._set_role,
@@ -435,8 +468,9 @@ async def history(
         raise NotFound(f"channel: no channel {channel_id!r}")
     rows = await snap.messages(channel_id, wire.MAX_SEQ if before is None else before, limit + 1)
     messages = [
-        wire.Message(mid, seq, wire.format_at(at_ms), wire.User(uid, uname), body)
-        for mid, seq, at_ms, uid, uname, body in reversed(rows[:limit])
+        wire.Message(mid, seq, wire.format_at(at_ms), wire.User(uid, uname), body,
+                     None if edited is None else wire.format_at(edited))
+        for mid, seq, at_ms, uid, uname, body, edited in reversed(rows[:limit])
     ]
     return messages, len(rows) > limit
 

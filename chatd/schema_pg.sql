@@ -62,7 +62,9 @@ CREATE TABLE messages (
     sender_id   TEXT NOT NULL,
     sender_name TEXT NOT NULL,
     at_ms       BIGINT NOT NULL,
-    body        BYTEA NOT NULL            -- UTF-8
+    body        BYTEA NOT NULL,           -- UTF-8
+    -- version 3:
+    edited_ms   BIGINT                    -- the time of its latest edit, NULL if never
 );
 CREATE INDEX messages_channel ON messages(channel_id, seq);
 CREATE INDEX messages_at ON messages(at_ms);
@@ -75,9 +77,13 @@ CREATE TABLE events (
     seq        BIGINT PRIMARY KEY,
     at_ms      BIGINT NOT NULL,
     channel_id TEXT NOT NULL,
-    frame      BYTEA NOT NULL
+    frame      BYTEA NOT NULL,
+    -- version 3: the message whose body the frame carries (message.sent and
+    -- message.edited; NULL for every other event)
+    message_id TEXT
 );
 CREATE INDEX events_channel ON events(channel_id, seq);
+CREATE INDEX events_message ON events(message_id) WHERE message_id IS NOT NULL;
 
 -- send idempotency: (user, nonce) -> the first ok. No body is kept here.
 CREATE TABLE nonces (

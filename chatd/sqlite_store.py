@@ -86,7 +86,8 @@ class _SqliteTx(SendBuffer, RowStatements):
         conn = self.conn
         if self._events:
             conn.executemany(
-                "INSERT INTO events(seq, at_ms, channel_id, frame) VALUES (?,?,?,?)",
+                "INSERT INTO events(seq, at_ms, channel_id, frame, message_id)"
+                " VALUES (?,?,?,?,?)",
                 self._events,
             )
             self._events.clear()
@@ -159,11 +160,17 @@ class _SqliteTx(SendBuffer, RowStatements):
 
     # -- messages and events
 
-    def delete_messages(self, seqs: list[int]) -> None:
+    def edit_message(self, seq: int, body: str, edited_ms: int) -> None:
+        self._run("UPDATE messages SET body = ?, edited_ms = ? WHERE seq = ?",
+                  (body, edited_ms, seq))
+
+    def delete_messages(self, rows: list[tuple[str, int]]) -> None:
         self._flush()
-        rows = [(seq,) for seq in seqs]
-        self.conn.executemany("DELETE FROM messages WHERE seq = ?", rows)
-        self.conn.executemany("DELETE FROM events WHERE seq = ?", rows)
+        self.conn.executemany("DELETE FROM messages WHERE seq = ?", [(s,) for _, s in rows])
+        # By seq too: the message.sent event of a message from before events
+        # had a message_id is found by its seq.
+        self.conn.executemany("DELETE FROM events WHERE seq = ?", [(s,) for _, s in rows])
+        self.conn.executemany("DELETE FROM events WHERE message_id = ?", [(i,) for i, _ in rows])
 
     # -- nonces
 
@@ -174,8 +181,8 @@ class _SqliteTx(SendBuffer, RowStatements):
         execute = self.conn.execute
         for key in keys:
             row = execute(
-                "SELECT n.message_id, n.seq, n.at_ms, n.channel_id, n.channel_name, m.body"
-                " FROM nonces n LEFT JOIN messages m ON m.id = n.message_id"
+                "SELECT n.message_id, n.seq, n.at_ms, n.channel_id, n.channel_name, m.body,"
+                " m.edited_ms FROM nonces n LEFT JOIN messages m ON m.id = n.message_id"
                 " WHERE n.user_id = ? AND n.nonce = ?",
                 key,
             ).fetchone()
@@ -410,7 +417,7 @@ class _SqliteSnapshot:
 
     async def messages(self, channel_id: str, before: int, limit: int) -> list[MessageRow]:
         return await self._rows(
-            "SELECT id, seq, at_ms, sender_id, sender_name, body FROM messages"
+            "SELECT id, seq, at_ms, sender_id, sender_name, body, edited_ms FROM messages"
             " WHERE channel_id = ? AND seq < ? ORDER BY seq DESC LIMIT ?",
             (channel_id, before, limit),
         )
@@ -432,7 +439,7 @@ class _SqliteSnapshot:
 
     async def messages_after(self, channel_id: str, after: int, limit: int) -> list[MessageRow]:
         return await self._rows(
-            "SELECT id, seq, at_ms, sender_id, sender_name, body FROM messages"
+            "SELECT id, seq, at_ms, sender_id, sender_name, body, edited_ms FROM messages"
             " WHERE channel_id = ? AND seq > ? ORDER BY seq LIMIT ?",
             (channel_id, after, limit),
         )

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .storage import AccountRow, ChannelRow, MessageKey, UserRow
+from .storage import AccountRow, ChannelRow, MessageInfo, MessageKey, UserRow
 
 
 class RowStatements:
@@ -146,6 +146,20 @@ class RowStatements:
             "SELECT seq, channel_id, sender_id FROM messages WHERE id = ?", (message_id,)
         )
         return row
+
+    def message_info(self, message_id: str) -> MessageInfo | None:
+        row: MessageInfo | None = self._one(
+            "SELECT seq, channel_id, sender_id, sender_name, at_ms FROM messages WHERE id = ?",
+            (message_id,),
+        )
+        return row
+
+    def message_events(self, message_id: str) -> list[tuple[int, bytes]]:
+        return [(seq, bytes(frame)) for seq, frame in self._all(
+            "SELECT seq, frame FROM events WHERE message_id = ? ORDER BY seq", (message_id,))]
+
+    def set_event_frame(self, seq: int, frame: bytes) -> None:
+        self._run("UPDATE events SET frame = ? WHERE seq = ?", (frame, seq))
 
     def channel_messages(self, channel_id: str) -> list[tuple[str, int]]:
         return self._all(

@@ -45,10 +45,13 @@ InviteRow = tuple[str, int, int, str, str]
 ChannelRow = tuple[str, str, str]
 #: (seq, channel_id, sender_id)
 MessageKey = tuple[int, str, str]
-#: (message_id, seq, at_ms, channel_id, channel_name, body or None once deleted)
-NonceRow = tuple[str, int, int, str, str, str | None]
-#: (id, seq, at_ms, sender_id, sender_name, body)
-MessageRow = tuple[str, int, int, str, str, str]
+#: (message_id, seq, at_ms, channel_id, channel_name, body or None once deleted,
+#: edited_ms or None)
+NonceRow = tuple[str, int, int, str, str, str | None, int | None]
+#: (id, seq, at_ms, sender_id, sender_name, body, edited_ms or None)
+MessageRow = tuple[str, int, int, str, str, str, int | None]
+#: (seq, channel_id, sender_id, sender_name, at_ms)
+MessageInfo = tuple[int, str, str, str, int]
 
 
 class WriteTx(Protocol):
@@ -158,11 +161,28 @@ class WriteTx(Protocol):
         at_ms: int, body: str,
     ) -> None: ...
 
-    def delete_messages(self, seqs: list[int]) -> None:
-        """Delete these messages and the events with the same seqs (their message.sent)."""
+    def message_info(self, message_id: str) -> MessageInfo | None: ...
+
+    def edit_message(self, seq: int, body: str, edited_ms: int) -> None:
+        """Replace the body of the message with this seq (the old one is gone)."""
         ...
 
-    def insert_event(self, seq: int, at_ms: int, channel_id: str, frame: bytes) -> None: ...
+    def delete_messages(self, rows: list[tuple[str, int]]) -> None:
+        """Delete these messages (id, seq) and every event that carries their
+        bodies (message.sent and message.edited)."""
+        ...
+
+    def insert_event(
+        self, seq: int, at_ms: int, channel_id: str, frame: bytes, message_id: str | None
+    ) -> None:
+        """Store an event; ``message_id`` for an event that carries a message's body."""
+        ...
+
+    def message_events(self, message_id: str) -> list[tuple[int, bytes]]:
+        """(seq, frame) of the retained events that carry this message's body."""
+        ...
+
+    def set_event_frame(self, seq: int, frame: bytes) -> None: ...
 
     # -- send nonces
     def nonces(self, keys: list[tuple[str, str]]) -> dict[tuple[str, str], NonceRow]:

@@ -75,6 +75,11 @@ class DeleteMessage(Command, tag="delete_message"):
     message: str
 
 
+class EditMessage(Command, tag="edit_message"):
+    message: str
+    body: str
+
+
 class History(Command, tag="history"):
     channel: str
     before: Seq | None = None
@@ -136,6 +141,7 @@ AnyCommand = (
     | DeleteChannel
     | Send
     | DeleteMessage
+    | EditMessage
     | History
     | Subscribe
     | Unsubscribe
@@ -151,7 +157,8 @@ AnyCommand = (
 
 #: Commands that need a logged-in connection.
 NEEDS_LOGIN: frozenset[type[Command]] = frozenset(
-    {Logout, Boot, CreateChannel, DeleteChannel, Send, DeleteMessage, History, Subscribe,
+    {Logout, Boot, CreateChannel, DeleteChannel, Send, DeleteMessage, EditMessage, History,
+     Subscribe,
      Unsubscribe, ChangePassword, Users, CreateInvite, ListInvites, RevokeInvite, SetRole,
      DeactivateUser, ReactivateUser}
 )
@@ -196,12 +203,14 @@ class Channel(Struct):
     name: str
 
 
-class Message(Struct):
+class Message(Struct, omit_defaults=True):
     id: str
     seq: int
     at: str
     sender: User
     body: str
+    #: the time of the latest edit; absent for a message never edited
+    edited_at: str | None = None
 
 
 class MessageRef(Struct):
@@ -209,15 +218,20 @@ class MessageRef(Struct):
 
 
 class EventMessage(Struct, omit_defaults=True):
-    """``message`` inside an event: ``{id, body}`` when sent, ``{id}`` when deleted."""
+    """``message`` inside an event: ``{id, body}`` when sent, ``{id, body, edited_at}``
+    when edited (and in a replayed message.sent of an edited message), ``{id}``
+    when deleted."""
 
     id: str
     body: str | None = None
+    edited_at: str | None = None
 
 
 # --------------------------------------------------------------- server frames
 
-EventKind = Literal["channel.created", "channel.deleted", "message.sent", "message.deleted"]
+EventKind = Literal[
+    "channel.created", "channel.deleted", "message.sent", "message.edited", "message.deleted"
+]
 
 
 class Event(Struct, tag_field="type", tag="event", omit_defaults=True):

@@ -345,6 +345,7 @@ OPS: dict[str, list[str]] = {
     "delete_channel": ["channel"],
     "send": ["channel", "body", "nonce"],
     "delete_message": ["message"],
+    "edit_message": ["message", "body"],
     "history": ["channel", "before", "limit"],
     "subscribe": ["since", "epoch", "channels"],
     "unsubscribe": [],

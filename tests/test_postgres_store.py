@@ -55,7 +55,7 @@ async def test_a_later_seq_never_commits_before_an_earlier_one(stores: list[Stor
 
     def hold(tx: WriteTx) -> int:
         seq = tx.counter() + 1
-        tx.insert_event(seq, 2000, channel.id, b'{"held":true}')
+        tx.insert_event(seq, 2000, channel.id, b'{"held":true}', None)
         tx.set_counter(seq)
         holding.set()
         release.wait(30)
@@ -137,7 +137,7 @@ async def test_a_failure_in_buffered_rows_is_its_operations(stores: list[Store])
             seq = tx.counter() + 1
             for taken in (False, True):
                 tx.savepoint()
-                tx.insert_event(1 if taken else seq, 2000, channel.id, b"{}")  # 1 is taken
+                tx.insert_event(1 if taken else seq, 2000, channel.id, b"{}", None)  # 1 is taken
                 tx.set_counter(seq)
                 try:
                     tx.release_savepoint()

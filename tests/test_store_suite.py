@@ -24,6 +24,7 @@ from chatd.ops import (
     CreateUserOp,
     DeleteChannelOp,
     DeleteMessageOp,
+    EditMessageOp,
     Expired,
     ExpireOp,
     IssueTokenOp,
@@ -206,7 +207,7 @@ async def test_accounts_and_messages_in_order_for_export(opened: OpenStore) -> N
         assert await snap.messages_after("Cnope", 0, 10) == []
     kept = [s for i, s in enumerate(sent) if i != 2]
     assert got == [(s.message.id, s.message.seq, wire.parse_at(s.message.at), al.id, "Al",
-                    s.message.body) for s in kept]
+                    s.message.body, None) for s in kept]
 
 
 # ------------------------------------------------------------- the rules
@@ -350,6 +351,50 @@ async def test_a_batch_of_retries_finds_every_earlier_nonce(opened: OpenStore) -
         else:
             assert result.message.body == op.body, "a new nonce makes a new message"
     assert len(events) == len(ops) - 225
+
+
+async def test_edits_keep_only_the_latest_body_everywhere(opened: OpenStore) -> None:
+    store = await opened()
+    me, bob = await alice(store), await alice(store, "bob")
+    channel = await one(store, CreateChannelOp(me, "g", "g"))
+    first = await one(store, SendOp(me, channel.id, "first text", "n1"), 2000)
+    other = await one(store, SendOp(bob, channel.id, "bob's", None), 2000)
+    with pytest.raises(Forbidden, match="only its sender"):
+        await one(store, EditMessageOp(bob, first.message.id, "hijacked"))
+    with pytest.raises(NotFound):
+        await one(store, EditMessageOp(me, "Mnope", "x"))
+    (_,), events1 = await store.apply(
+        [EditMessageOp(me, first.message.id, "second text")], 3000)
+    (edit2,), events2 = await store.apply(
+        [EditMessageOp(me, first.message.id, "third text")], 4000)
+    assert isinstance(edit2, Sent)
+    assert (edit2.message.id, edit2.message.seq, edit2.message.at) == (
+        first.message.id, first.message.seq, first.message.at)
+    assert edit2.message.body == "third text"
+    assert edit2.message.edited_at == wire.format_at(4000)
+    (live,) = decoded(events2)
+    assert live.kind == "message.edited" and live.sender == me
+    assert live.message == wire.EventMessage(first.message.id, "third text", wire.format_at(4000))
+    # history and every replayed frame that carries the body show the latest one
+    (h1, h2), _ = await store.history(channel.id, None, 10)
+    assert (h1.body, h1.edited_at) == ("third text", wire.format_at(4000))
+    assert h2 == other.message and h2.edited_at is None
+    carrying = [e for e in await replay(store) if e.message and e.message.id == first.message.id]
+    assert [e.kind for e in carrying] == ["message.sent", "message.edited", "message.edited"]
+    assert {(e.message.body, e.message.edited_at) for e in carrying if e.message} == {
+        ("third text", wire.format_at(4000))}
+    assert [e.seq for e in carrying] == [first.message.seq, events1[0].seq, events2[0].seq]
+    # a nonce retry after an edit: the first ok's id, seq, at; the retry's own body
+    again = await one(store, SendOp(me, channel.id, "first text", "n1"), 5000)
+    assert (again.message.id, again.message.body, again.message.edited_at) == (
+        first.message.id, "first text", None)
+    # deleting it removes every event that carried a body
+    await one(store, DeleteMessageOp(me, first.message.id), 6000)
+    stream = await replay(store)
+    assert not [e for e in stream if e.message and e.message.body
+                and e.message.id == first.message.id]
+    assert [e.kind for e in stream if e.message and e.message.id == first.message.id] == [
+        "message.deleted"]
 
 
 async def test_history_pages(opened: OpenStore) -> None:

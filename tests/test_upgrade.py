@@ -139,7 +139,8 @@ async def test_chatd_migrate_applies_then_is_up_to_date(tmp_path: Path) -> None:
         f"schema version {SCHEMA_VERSION}",
     ]
     rows = query(db, "SELECT version, name, applied_ms FROM migrations ORDER BY version")
-    assert [(v, n) for v, n, _ in rows] == [(2, MIGRATIONS[2].name)]
+    assert [(v, n) for v, n, _ in rows] == [
+        (v, MIGRATIONS[v].name) for v in range(2, SCHEMA_VERSION + 1)]
     assert rows[0][2] > 1_700_000_000_000
     code, out, err = await chatd("migrate", "--db", str(db))
     assert (code, out) == (0, f"up to date: schema version {SCHEMA_VERSION}\n"), err
@@ -264,7 +265,8 @@ async def test_a_version_1_postgresql_database_migrates(pg_url: str) -> None:
         await store.close()
     with psycopg.connect(pg_url, autocommit=True) as conn:
         assert conn.execute("SELECT DISTINCT created_seq FROM users").fetchall() == [(0,)]
-        assert conn.execute("SELECT version FROM migrations").fetchall() == [(2,)]
+        assert conn.execute("SELECT version FROM migrations ORDER BY version").fetchall() == [
+            (v,) for v in range(2, SCHEMA_VERSION + 1)]
         assert conn.execute("SELECT count(*) FROM invites").fetchone() == (0,)
 
 
@@ -289,7 +291,8 @@ async def test_nodes_starting_at_once_migrate_once(pg_url: str) -> None:
         for s in stores:
             await s.close()
     with psycopg.connect(pg_url, autocommit=True) as conn:
-        assert conn.execute("SELECT version FROM migrations").fetchall() == [(2,)]
+        assert conn.execute("SELECT version FROM migrations ORDER BY version").fetchall() == [
+            (v,) for v in range(2, SCHEMA_VERSION + 1)]
 
 
 def _pg_schema(url: str) -> dict[str, Any]:

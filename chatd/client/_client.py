@@ -41,6 +41,7 @@ from ._replies import (
     DEACTIVATE_USER,
     DELETE_CHANNEL,
     DELETE_MESSAGE,
+    EDIT_MESSAGE,
     EVENT_FRAMES,
     HISTORY,
     LIST_INVITES,
@@ -236,6 +237,11 @@ class Client:
     async def delete_message(self, message_id: str) -> wire.DeleteMessageOk:
         cmd = wire.DeleteMessage(message=message_id)
         return await self._call(DELETE_MESSAGE, lambda: cmd)
+
+    async def edit_message(self, message_id: str, body: str) -> wire.SendOk:
+        """Replace the body of one of this user's messages (only the latest is kept)."""
+        cmd = wire.EditMessage(message=message_id, body=body)
+        return await self._call(EDIT_MESSAGE, lambda: cmd)
 
     async def history(
         self, channel_id: str, before: int | None = None, limit: int = 100

@@ -47,6 +47,8 @@ IDEMPOTENT: Mapping[type[wire.Command], bool] = MappingProxyType(
         wire.CreateChannel: False,
         wire.DeleteChannel: False,
         wire.DeleteMessage: False,
+        # Twice would make two message.edited events.
+        wire.EditMessage: False,
         wire.Logout: False,
         wire.Users: True,
         wire.ListInvites: True,

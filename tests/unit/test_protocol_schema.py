@@ -35,6 +35,7 @@ REPLIES: dict[type[wire.Command], type[wire.Ok]] = {
     wire.DeleteChannel: wire.ChannelOk,
     wire.Send: wire.SendOk,
     wire.DeleteMessage: wire.DeleteMessageOk,
+    wire.EditMessage: wire.SendOk,
     wire.History: wire.HistoryOk,
     wire.Subscribe: wire.SubscribeOk,
     wire.Unsubscribe: wire.Ok,
