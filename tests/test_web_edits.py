@@ -15,7 +15,7 @@ from playwright.async_api import expect
 
 from .helpers import all_history, client, server_log_guard  # noqa: F401  (autouse fixture)
 from .support import Daemon
-from .test_web import Browsers, Person, launch_browsers
+from .test_web import Browsers, Person, Refuser, launch_browsers
 from .test_web_admin import LNA_OFF, assert_clean, person
 
 FIRST = "Lunch at noon?"
@@ -111,6 +111,8 @@ async def test_edit_at_phone_width(daemon: Daemon, browsers: Browsers) -> None:
         cid = (await ws.ok("create_channel", name="mobile"))["channel"]["id"]
         await ws.ok("send", channel=cid, body="Typo check?")
     alice = await person(browsers, daemon.http, "alice", width=375, height=740, mobile=True)
+    refuser = Refuser()
+    await alice.page.route_web_socket(re.compile(r"/ws$"), refuser.route)
     await alice.login(daemon.http)
     await alice.open_channel("mobile")
     await alice.send("I cna type on a phone.")
@@ -121,7 +123,18 @@ async def test_edit_at_phone_width(daemon: Daemon, browsers: Browsers) -> None:
     assert width <= 375, f"the page is {width}px wide at phone width while editing"
     await alice.shot("edit-phone")
     await alice.page.fill(".edit-input", "I can type on a phone.")
+
+    # A refused edit is reported in the message's form, which stays open to retry.
+    refuser.refuse = {"edit_message"}
     await alice.loc(".edit-save").click()
+    error = alice.message("I cna type on a phone.").locator(".edit-error")
+    await expect(error).to_have_text("edit_message: the server is shutting down")
+    await expect(error).to_be_in_viewport()
+    assert refuser.refused == ["edit_message"]
+    await expect(alice.loc(".edit-input")).to_have_value("I can type on a phone.")
+    await alice.shot("edit-phone-error")
+    await alice.loc(".edit-save").click()
+    await expect(alice.loc(".edit-form")).to_have_count(0)
     await expect_edited(alice, "I can type on a phone.")
     await expect(alice.message("Typo check?").locator(".edit-message")).to_have_count(0)
     await assert_clean(alice)
