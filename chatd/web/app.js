@@ -457,6 +457,9 @@ const app = {
 function newView(channel) {
   return {
     channel, nodes: new Map(), deleted: new Set(),
+    // id -> { body, edited_at }: the newest edit seen, so that a history page
+    // or send reply fetched before the edit cannot show the old body again.
+    edits: new Map(),
     oldest: Infinity, more: false, loaded: false, loading: false, gone: false,
   };
 }
@@ -622,14 +625,47 @@ function renderMessage(msg) {
   const time = el("time", "time", formatTime(msg.at));
   time.dateTime = msg.at;
   time.title = msg.at;
-  head.append(el("span", "sender", msg.sender.name), time);
+  const edited = el("span", "edited", "(edited)");
+  head.append(el("span", "sender", msg.sender.name), time, edited);
   if (mine) {
+    const actions = el("span", "message-actions");
+    const edit = el("button", "edit-message", "Edit");
+    edit.type = "button";
     const del = el("button", "delete-message", "Delete");
     del.type = "button";
-    head.append(del);
+    actions.append(edit, del);
+    head.append(actions);
   }
   node.append(head, el("div", "body", msg.body));
+  showEdited(node, msg.edited_at);
   return node;
+}
+
+function showEdited(node, editedAt) {
+  const marker = node.querySelector(".edited");
+  marker.hidden = !editedAt;
+  if (!editedAt) return;
+  node.dataset.editedAt = editedAt;
+  marker.title = `Edited ${formatDateTime(editedAt)}`;
+}
+
+// ISO 8601 UTC times in one format compare as strings.
+function isNewerEdit(editedAt, than) {
+  return Boolean(editedAt) && (!than || editedAt >= than);
+}
+
+// A message.edited event, a replayed message.sent or our own edit_message
+// reply: the message keeps its place and gets the new body and marker.
+function applyEdit(id, body, editedAt) {
+  const view = app.view;
+  if (!view || view.deleted.has(id) || !editedAt) return;
+  const known = view.edits.get(id);
+  if (known && !isNewerEdit(editedAt, known.edited_at)) return;
+  view.edits.set(id, { body, edited_at: editedAt });
+  const node = view.nodes.get(id);
+  if (!node || !isNewerEdit(editedAt, node.dataset.editedAt)) return;
+  node.querySelector(".body").textContent = body;
+  showEdited(node, editedAt);
 }
 
 // Keeps what the reader looks at still: older pages must not shove the view
@@ -647,7 +683,15 @@ function withScroll(mode, mutate) {
 // inserting by seq and keying by id makes the result the same either way.
 function insertMessage(msg) {
   const view = app.view;
-  if (view.nodes.has(msg.id) || view.deleted.has(msg.id)) return;
+  if (view.deleted.has(msg.id)) return;
+  if (view.nodes.has(msg.id)) {
+    if (msg.edited_at) applyEdit(msg.id, msg.body, msg.edited_at);
+    return;
+  }
+  const edit = view.edits.get(msg.id);
+  if (edit && isNewerEdit(edit.edited_at, msg.edited_at)) {
+    msg = { ...msg, body: edit.body, edited_at: edit.edited_at };
+  }
   const node = renderMessage(msg);
   view.nodes.set(msg.id, node);
   view.oldest = Math.min(view.oldest, msg.seq);
@@ -724,7 +768,10 @@ const eventHandlers = {
   "channel.created": (ev) => addChannel(ev.channel),
   "channel.deleted": (ev) => removeChannel(ev.channel),
   "message.sent": (ev) => {
-    const msg = { id: ev.message.id, seq: ev.seq, at: ev.at, sender: ev.sender, body: ev.message.body };
+    const msg = {
+      id: ev.message.id, seq: ev.seq, at: ev.at, sender: ev.sender,
+      body: ev.message.body, edited_at: ev.message.edited_at,
+    };
     if (app.view?.channel.id === ev.channel.id) {
       withScroll("follow", () => insertMessage(msg));
     } else if (app.channels.has(ev.channel.id)) {
@@ -734,6 +781,10 @@ const eventHandlers = {
   },
   "message.deleted": (ev) => {
     if (app.view?.channel.id === ev.channel.id) removeMessage(ev.message.id);
+  },
+  "message.edited": (ev) => {
+    if (app.view?.channel.id !== ev.channel.id) return;
+    applyEdit(ev.message.id, ev.message.body, ev.message.edited_at);
   },
 };
 
@@ -830,9 +881,18 @@ async function onChannelListClick(e) {
 }
 
 async function onMessagesClick(e) {
-  const button = e.target.closest("button.delete-message");
+  const button = e.target.closest("button");
   const node = button?.closest(".message");
   if (!node) return;
+  if (button.classList.contains("edit-message")) {
+    startEdit(node);
+    return;
+  }
+  if (button.classList.contains("edit-cancel")) {
+    endEdit(node);
+    return;
+  }
+  if (!button.classList.contains("delete-message")) return;
   const id = node.dataset.messageId;
   clearError();
   try {
@@ -840,6 +900,91 @@ async function onMessagesClick(e) {
     if (app.view) removeMessage(id);
   } catch (err) {
     showError(err);
+  }
+}
+
+// ------------------------------------------------------------ editing
+//
+// The message's body is hidden and a form takes its place; live edits from
+// elsewhere keep updating the hidden body, so Cancel shows the newest text.
+
+function startEdit(node) {
+  if (node.querySelector(".edit-form")) return;
+  const body = node.querySelector(".body");
+  const form = el("form", "edit-form");
+  const input = el("textarea", "edit-input");
+  input.rows = 2;
+  input.value = body.textContent;
+  input.setAttribute("aria-label", "Edit message");
+  const save = el("button", "edit-save", "Save");
+  save.type = "submit";
+  const cancel = el("button", "edit-cancel", "Cancel");
+  cancel.type = "button";
+  const buttons = el("div", "edit-buttons");
+  buttons.append(el("span", "edit-hint", "Enter saves, Escape cancels"), cancel, save);
+  const error = el("p", "edit-error");
+  error.setAttribute("role", "alert");
+  form.append(input, buttons, error);
+  body.hidden = true;
+  node.classList.add("editing");
+  body.after(form);
+  input.focus();
+  input.setSelectionRange(input.value.length, input.value.length);
+}
+
+function endEdit(node) {
+  node.querySelector(".edit-form")?.remove();
+  node.querySelector(".body").hidden = false;
+  node.classList.remove("editing");
+  node.querySelector(".edit-message")?.focus();
+}
+
+async function onEditSubmit(e) {
+  const form = e.target.closest("form.edit-form");
+  if (!form) return;
+  e.preventDefault();
+  const node = form.closest(".message");
+  const input = form.querySelector(".edit-input");
+  const error = form.querySelector(".edit-error");
+  const body = input.value;
+  error.textContent = "";
+  if (!body.trim()) {
+    error.textContent = "A message cannot be empty (delete it instead).";
+    return;
+  }
+  if ([...body].length > BODY_LIMIT) {
+    error.textContent = `Message too long (at most ${BODY_LIMIT} characters).`;
+    return;
+  }
+  if (body === node.querySelector(".body").textContent) {
+    endEdit(node);
+    return;
+  }
+  const view = app.view;
+  const controls = form.querySelectorAll("textarea, button");
+  controls.forEach((c) => { c.disabled = true; });
+  try {
+    const ok = await session.conn.request("edit_message", {
+      message: node.dataset.messageId, body,
+    });
+    if (view === app.view) applyEdit(ok.message.id, ok.message.body, ok.message.edited_at);
+    endEdit(node);
+  } catch (err) {
+    controls.forEach((c) => { c.disabled = false; });
+    error.textContent = err.message;
+    input.focus();
+  }
+}
+
+function onEditKey(e) {
+  const input = e.target.closest("textarea.edit-input");
+  if (!input) return;
+  if (e.key === "Escape") {
+    e.preventDefault();
+    endEdit(input.closest(".message"));
+  } else if (e.key === "Enter" && !e.shiftKey && !e.isComposing) {
+    e.preventDefault();
+    input.form.requestSubmit();
   }
 }
 
@@ -1134,6 +1279,8 @@ window.addEventListener("hashchange", () => {
 els.newChannelForm.addEventListener("submit", onNewChannelSubmit);
 els.channelList.addEventListener("click", onChannelListClick);
 els.messages.addEventListener("click", onMessagesClick);
+els.messages.addEventListener("submit", onEditSubmit);
+els.messages.addEventListener("keydown", onEditKey);
 els.messages.addEventListener("scroll", maybeLoadOlder, { passive: true });
 els.composer.addEventListener("submit", onComposerSubmit);
 els.input.addEventListener("keydown", onComposerKey);
