@@ -1,4 +1,4 @@
--- chatd schema, version 2: a new database. The store applies this file to a new
+-- chatd schema, version 4: a new database. The store applies this file to a new
 -- database and records the version in meta('schema_version'); a database made
 -- at an older version is brought here by chatd/migrations.py (version 1 is
 -- chatd 0.1.0's schema). A change here needs a migration there.
@@ -38,7 +38,10 @@ CREATE TABLE channels (
     name_key    TEXT NOT NULL UNIQUE,
     creator_id  TEXT NOT NULL,
     created_seq INTEGER NOT NULL,
-    active_ms   INTEGER NOT NULL          -- creation, then the time of its newest message
+    active_ms   INTEGER NOT NULL,         -- creation, then the time of its newest message
+    -- version 4: public, private or dm. A dm's name_key is 'DM:' and its two
+    -- member ids in order: one per pair, and never equal to a casefolded name.
+    kind        TEXT NOT NULL DEFAULT 'public' CHECK (kind IN ('public', 'private', 'dm'))
 ) WITHOUT ROWID;
 CREATE INDEX channels_active ON channels(active_ms);
 
@@ -55,6 +58,7 @@ CREATE TABLE messages (
 );
 CREATE INDEX messages_channel ON messages(channel_id, seq);
 CREATE INDEX messages_at ON messages(at_ms);
+CREATE INDEX messages_sender ON messages(channel_id, sender_id);  -- unread counts: seq is the rowid
 
 -- The retained event log. `frame` is the event's wire frame, encoded once when
 -- it is committed; replay sends it as stored. A deleted message's message.sent
@@ -67,7 +71,12 @@ CREATE TABLE events (
     -- version 3: the message whose body the frame carries (message.sent and
     -- message.edited; NULL for every other event): an edit rewrites these frames,
     -- a delete drops them
-    message_id TEXT
+    message_id TEXT,
+    -- version 4: who may receive it (PROTOCOL.md "Who sees what"): restricted = 1
+    -- for an event of a private or dm channel (members at its seq, see members);
+    -- only_user: an account event (read.updated), for that user alone
+    restricted INTEGER NOT NULL DEFAULT 0,
+    only_user  TEXT
 );
 CREATE INDEX events_channel ON events(channel_id, seq);
 CREATE INDEX events_message ON events(message_id) WHERE message_id IS NOT NULL;
@@ -96,6 +105,30 @@ CREATE TABLE invites (
     uses_left  INTEGER NOT NULL
 ) WITHOUT ROWID;
 CREATE INDEX invites_expiry ON invites(expires_ms);
+
+-- Membership of private and dm channels (version 4), as seq intervals: the user
+-- was a member of the channel for every seq in [from_seq, to_seq] (to_seq NULL:
+-- still is). Replay decides whether a user may see an event of a private or dm
+-- channel from these, without a query per event. A closed interval is kept while
+-- events it covers are retained; expiry drops it once to_seq <= horizon.
+CREATE TABLE members (
+    channel_id TEXT NOT NULL,
+    user_id    TEXT NOT NULL,
+    from_seq   INTEGER NOT NULL,            -- its channel.created or member.added
+    to_seq     INTEGER,                     -- its member.removed or channel.deleted
+    PRIMARY KEY (channel_id, user_id, from_seq)
+) WITHOUT ROWID;
+CREATE INDEX members_user ON members(user_id, channel_id);
+
+-- Read positions (version 4): the seq up to which the user has read the
+-- channel, once it moved past where the user began to see it.
+CREATE TABLE reads (
+    user_id    TEXT NOT NULL,
+    channel_id TEXT NOT NULL,
+    read_seq   INTEGER NOT NULL,
+    PRIMARY KEY (user_id, channel_id)
+) WITHOUT ROWID;
+CREATE INDEX reads_channel ON reads(channel_id);
 
 -- One row per schema change: the creation of the database (name 'new database')
 -- and each migration applied since, with its time.

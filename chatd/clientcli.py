@@ -24,7 +24,7 @@ import unicodedata
 from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
 from functools import partial
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, TextIO, TypeVar
 
 from . import wire
 from .client import DEFAULT_URL, Client, Reset, backoff
@@ -154,7 +154,10 @@ def format_message(message: wire.Message) -> str:
             f"{escape(message.body)}{edited}")
 
 
-def resolve_channel(channels: Sequence[wire.Channel], ref: str) -> wire.Channel:
+_C = TypeVar("_C", wire.Channel, wire.BootChannel)
+
+
+def resolve_channel(channels: Sequence[_C], ref: str) -> _C:
     """A channel by id, else by name compared the way the server compares names."""
     for channel in channels:
         if channel.id == ref:

@@ -47,6 +47,7 @@ from .fanout import CLOSE_TOO_SLOW, Hub, Subscription
 from .limits import Buckets, TokenBucket
 from .metrics import Metrics
 from .ops import (
+    AddMemberOp,
     ChangePasswordOp,
     CreateChannelOp,
     CreateInviteOp,
@@ -55,6 +56,11 @@ from .ops import (
     DeleteMessageOp,
     EditMessageOp,
     IssueTokenOp,
+    MarkReadOp,
+    MemberChanged,
+    OpenDmOp,
+    ReadPosition,
+    RemoveMemberOp,
     RevokeInviteOp,
     RevokeTokenOp,
     SendOp,
@@ -487,8 +493,40 @@ class Session:
 
     async def _create_channel(self, cmd: wire.CreateChannel) -> wire.ChannelOk:
         name, key = validate.name("name", cmd.name)
-        channel = await self.app.writer.submit(CreateChannelOp(self._me(), name, key))
+        channel = await self.app.writer.submit(
+            CreateChannelOp(self._me(), name, key, cmd.private))
         return wire.ChannelOk(cmd.ref, channel)
+
+    async def _open_dm(self, cmd: wire.OpenDm) -> wire.OpenDmOk:
+        user_id = validate.text("user", cmd.user)
+        opened = await self.app.writer.submit(OpenDmOp(self._me(), user_id))
+        return wire.OpenDmOk(cmd.ref, opened.channel, opened.created)
+
+    async def _add_member(self, cmd: wire.AddMember) -> wire.MemberOk:
+        channel_id = validate.text("channel", cmd.channel)
+        user_id = validate.text("user", cmd.user)
+        done: MemberChanged = await self.app.writer.submit(
+            AddMemberOp(self._me(), channel_id, user_id))
+        return wire.MemberOk(cmd.ref, done.channel, done.user)
+
+    async def _remove_member(self, cmd: wire.RemoveMember) -> wire.MemberOk:
+        channel_id = validate.text("channel", cmd.channel)
+        user_id = validate.text("user", cmd.user)
+        done: MemberChanged = await self.app.writer.submit(
+            RemoveMemberOp(self._me(), channel_id, user_id))
+        return wire.MemberOk(cmd.ref, done.channel, done.user)
+
+    async def _members(self, cmd: wire.Members) -> wire.MembersOk:
+        channel_id = validate.text("channel", cmd.channel)
+        async with self._read_slot():
+            return wire.MembersOk(cmd.ref, await self.app.store.members(channel_id,
+                                                                         self._me().id))
+
+    async def _mark_read(self, cmd: wire.MarkRead) -> wire.MarkReadOk:
+        channel_id = validate.text("channel", cmd.channel)
+        done: ReadPosition = await self.app.writer.submit(
+            MarkReadOp(self._me(), channel_id, cmd.seq))
+        return wire.MarkReadOk(cmd.ref, done.channel, done.read_seq, done.unread)
 
     async def _delete_channel(self, cmd: wire.DeleteChannel) -> wire.ChannelOk:
         channel_id = validate.text("channel", cmd.channel)
@@ -518,7 +556,8 @@ class Session:
     async def _history(self, cmd: wire.History) -> wire.HistoryOk:
         channel_id = validate.text("channel", cmd.channel)
         async with self._read_slot():
-            messages, more = await self.app.store.history(channel_id, cmd.before, cmd.limit)
+            messages, more = await self.app.store.history(
+                channel_id, cmd.before, cmd.limit, self._me().id)
         return wire.HistoryOk(cmd.ref, messages, more)
 
     async def _subscribe(self, cmd: wire.Subscribe) -> None:
@@ -546,7 +585,7 @@ class Session:
                 )
         # The ok goes out before the subscription starts, so before its first event.
         self.sink.send(wire.encode(wire.SubscribeOk(cmd.ref, epoch, resume_point)))
-        self.sub = app.hub.subscribe(self.sink, channels, cmd.since)
+        self.sub = app.hub.subscribe(self.sink, self._me().id, channels, cmd.since)
         return None
 
     async def _unsubscribe(self, cmd: wire.Unsubscribe) -> wire.Ok:
@@ -568,6 +607,11 @@ _HANDLERS: dict[type[wire.Command], Handler] = {
     wire.Boot: Session._boot,
     wire.CreateChannel: Session._create_channel,
     wire.DeleteChannel: Session._delete_channel,
+    wire.OpenDm: Session._open_dm,
+    wire.AddMember: Session._add_member,
+    wire.RemoveMember: Session._remove_member,
+    wire.Members: Session._members,
+    wire.MarkRead: Session._mark_read,
     wire.Send: Session._send,
     wire.DeleteMessage: Session._delete_message,
     wire.EditMessage: Session._edit_message,

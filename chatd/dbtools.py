@@ -191,9 +191,13 @@ async def export_lines(store: Store, channel: str | None) -> AsyncIterator[dict[
             row = await snap.channel(channel)
             if row is None:
                 raise ToolError(f"no channel with id {channel!r}")
-            channels = [(row[0], row[1])]
-        for channel_id, channel_name in channels:
-            yield {"type": "channel", "id": channel_id, "name": channel_name}
+            channels = [row]
+        for channel_id, channel_name, _, kind in channels:
+            line: dict[str, Any] = {"type": "channel", "id": channel_id, "name": channel_name,
+                                    "kind": kind}
+            if kind != "public":
+                line["members"] = [i for i, _ in await snap.members(channel_id)]
+            yield line
             after = 0
             while page := await snap.messages_after(channel_id, after, EXPORT_PAGE):
                 for message_id, seq, at_ms, sender_id, sender_name, body, edited in page:

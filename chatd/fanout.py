@@ -38,6 +38,17 @@ The handover (PROTOCOL.md guarantee 3, and issue 2's race):
 A lagging subscriber leaves the live set with its cursor at the last event
 written and goes through the same catch-up, so lagging and resuming share one
 path.
+
+Who receives what (PROTOCOL.md "Who sees what"): each published event carries
+its audience, decided when it was committed (:class:`~chatd.ops.Published`):
+None for a public channel's event, otherwise the user ids that may see it. The
+hub keeps its live subscriptions indexed by user too. A batch of public events
+costs what it always did; a batch whose events all have audiences touches only
+the subscriptions of those users, so an event of a private channel of 10
+members costs the same however many other connections there are. A mixed batch
+walks every subscription once, as a public one does, and filters only for the
+users named in an audience. Catch-up reads apply the same rule from the stored
+membership intervals (:mod:`chatd.visibility`).
 """
 
 from __future__ import annotations
@@ -45,26 +56,30 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 
 from .ops import EventPage, Published
 from .sink import Sink, text_frame
 
 log = logging.getLogger("chatd.fanout")
 
-ReadEvents = Callable[[int, frozenset[str] | None, int], Awaitable[EventPage]]
+#: (after, channels, limit, user id) -> the page of events that user may see
+ReadEvents = Callable[[int, frozenset[str] | None, int, str], Awaitable[EventPage]]
 
 CLOSE_TOO_SLOW = 4000
 
 
 class Subscription:
-    __slots__ = ("_task", "channels", "closed", "cursor", "hub", "lagging", "live", "sink")
+    __slots__ = (
+        "_task", "channels", "closed", "cursor", "hub", "lagging", "live", "sink", "user_id",
+    )
 
     def __init__(
-        self, hub: Hub, sink: Sink, channels: frozenset[str] | None, cursor: int
+        self, hub: Hub, sink: Sink, user_id: str, channels: frozenset[str] | None, cursor: int
     ) -> None:
         self.hub = hub
         self.sink = sink
+        self.user_id = user_id
         self.channels = channels
         self.cursor = cursor
         self.live = False
@@ -88,7 +103,8 @@ class Subscription:
             while not self.closed:
                 if not await self._wait_for_room():
                     return
-                page = await hub.read_events(self.cursor, self.channels, hub.page_size)
+                page = await hub.read_events(
+                    self.cursor, self.channels, hub.page_size, self.user_id)
                 if self.closed:
                     return
                 if page.horizon > self.cursor:
@@ -98,7 +114,11 @@ class Subscription:
                 if page.events:
                     self.sink.write(b"".join(text_frame(f) for _, f in page.events))
                     self.cursor = page.events[-1][0]
-                if len(page.events) < hub.page_size:
+                if page.more:
+                    # Cut at the read limit: the events it read and left out (not this
+                    # user's to see) are behind the cursor too.
+                    self.cursor = max(self.cursor, page.scanned)
+                else:
                     self.cursor = max(self.cursor, page.upto)
                     if self.cursor >= hub.last_seq:  # no await from here to the switch
                         hub.go_live(self)
@@ -153,12 +173,14 @@ class Hub:
         self.poll_interval = poll_interval
         self.on_slow_close = on_slow_close
         self._live: dict[Subscription, None] = {}
+        #: the live subscriptions by user id, for events with an audience
+        self._by_user: dict[str, dict[Subscription, None]] = {}
         self._closing: set[asyncio.Task[None]] = set()
         self.subscribers = 0
         self.lagging = 0
 
     def subscribe(
-        self, sink: Sink, channels: frozenset[str] | None, since: int | None
+        self, sink: Sink, user_id: str, channels: frozenset[str] | None, since: int | None
     ) -> Subscription:
         """Start a subscription; the caller has already written the ``ok``.
 
@@ -167,18 +189,17 @@ class Hub:
         """
         self.subscribers += 1
         if since is None:
-            sub = Subscription(self, sink, channels, self.last_seq)
+            sub = Subscription(self, sink, user_id, channels, self.last_seq)
             self.go_live(sub)
         else:
-            sub = Subscription(self, sink, channels, since)
+            sub = Subscription(self, sink, user_id, channels, since)
             sub.catch_up()
         return sub
 
     def unsubscribe(self, sub: Subscription) -> None:
         if sub.closed:
             return
-        self._live.pop(sub, None)
-        sub.live = False
+        self._leave_live(sub)
         self._set_lagging(sub, False)
         self.subscribers -= 1
         sub.cancel()
@@ -192,6 +213,16 @@ class Hub:
         self._set_lagging(sub, False)
         sub.live = True
         self._live[sub] = None
+        self._by_user.setdefault(sub.user_id, {})[sub] = None
+
+    def _leave_live(self, sub: Subscription) -> None:
+        self._live.pop(sub, None)
+        sub.live = False
+        mine = self._by_user.get(sub.user_id)
+        if mine is not None:
+            mine.pop(sub, None)
+            if not mine:
+                del self._by_user[sub.user_id]
 
     def _set_lagging(self, sub: Subscription, lagging: bool) -> None:
         if sub.lagging != lagging:
@@ -205,30 +236,49 @@ class Hub:
         first, last = events[0].seq, events[-1].seq
         self.last_seq = last
         frames = [text_frame(e.frame) for e in events]
-        everything: bytes | None = None
+        # The users some event of the batch is restricted to; everyone else gets
+        # the batch's public events, the same bytes for all.
+        named: set[str] = set()
+        public = True
+        for e in events:
+            if e.audience is not None:
+                named.update(e.audience)
+                public = False
+        subs: Iterable[Subscription]
+        if public:
+            subs = self._live
+        elif all(e.audience is not None for e in events):
+            # Only the named users can receive anything: never walk the others.
+            subs = [s for u in named for s in self._by_user.get(u, ())]
+        else:
+            subs = self._live
+        shared: bytes | None = None
         limit = self.buffer_limit
         lagging: list[Subscription] = []
-        for sub in self._live:
+        for sub in subs:
             if sub.cursor >= last:
                 continue
             if sub.sink.buffered() > limit:
                 lagging.append(sub)
                 continue
-            if sub.channels is None and sub.cursor < first:
-                if everything is None:
-                    everything = b"".join(frames)
-                data = everything
+            if sub.channels is None and sub.cursor < first and sub.user_id not in named:
+                if shared is None:
+                    shared = b"".join(
+                        f for e, f in zip(events, frames, strict=True) if e.audience is None)
+                data = shared
             else:
+                user_id = sub.user_id
                 data = b"".join(
                     f for e, f in zip(events, frames, strict=True)
                     if e.seq > sub.cursor
                     and (sub.channels is None or e.channel_id in sub.channels)
+                    and (e.audience is None or user_id in e.audience)
                 )
             # Every event of the batch was written or filtered out: all are behind.
             sub.cursor = last
             if data:
                 sub.sink.write(data)
         for sub in lagging:
-            del self._live[sub]
+            self._leave_live(sub)
             self._set_lagging(sub, True)
             sub.catch_up()

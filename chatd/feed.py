@@ -25,9 +25,7 @@ from collections.abc import Awaitable, Callable
 from contextlib import suppress
 from typing import Protocol
 
-import msgspec
-
-from .ops import EventPage, Published
+from .ops import Published, TailPage
 
 log = logging.getLogger("chatd.feed")
 
@@ -76,7 +74,7 @@ class TailFeed:
 
     def __init__(
         self,
-        read_events: Callable[[int, frozenset[str] | None, int], Awaitable[EventPage]],
+        read_events: Callable[[int, int], Awaitable[TailPage]],
         publish: Callable[[list[Published]], None],
         *,
         cursor: int,
@@ -153,26 +151,11 @@ class TailFeed:
     async def catch_up(self) -> None:
         """Read and publish until a snapshot has nothing more."""
         while True:
-            page = await self._read(self.cursor, None, self.page_size)
-            self._emit([Published(seq, _channel_of(frame), frame) for seq, frame in page.events])
-            if len(page.events) < self.page_size:
+            page = await self._read(self.cursor, self.page_size)
+            self._emit(page.events)
+            if not page.more:
                 self.cursor = max(self.cursor, page.upto)
                 self._release()
                 return
             self._release()
 
-
-class _ChannelId(msgspec.Struct):
-    id: str
-
-
-class _EventChannel(msgspec.Struct):
-    channel: _ChannelId
-
-
-_channel_decoder = msgspec.json.Decoder(_EventChannel)
-
-
-def _channel_of(frame: bytes) -> str:
-    """The channel id of a stored event frame (the hub filters by it)."""
-    return _channel_decoder.decode(frame).channel.id

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from .exceptions import StartupError
 
 #: The schema version of a new database; the version this code reads and writes.
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 #: The ``migrations.name`` of the row a new database is created with.
 CREATED = "new database"
@@ -106,6 +106,30 @@ UPDATE events SET message_id = (SELECT id FROM messages WHERE messages.seq = eve
 CREATE INDEX events_message ON events(message_id) WHERE message_id IS NOT NULL
 """
 
+# Private channels, dms and membership; read positions.
+_V4 = """
+ALTER TABLE channels ADD COLUMN kind TEXT NOT NULL DEFAULT 'public'
+    CHECK (kind IN ('public', 'private', 'dm'));
+ALTER TABLE events ADD COLUMN restricted INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE events ADD COLUMN only_user TEXT;
+CREATE INDEX messages_sender ON messages({sender});
+CREATE TABLE members (
+    channel_id TEXT NOT NULL,
+    user_id    TEXT NOT NULL,
+    from_seq   {int} NOT NULL,
+    to_seq     {int},
+    PRIMARY KEY (channel_id, user_id, from_seq)
+){rowid};
+CREATE INDEX members_user ON members(user_id, channel_id);
+CREATE TABLE reads (
+    user_id    TEXT NOT NULL,
+    channel_id TEXT NOT NULL,
+    read_seq   {int} NOT NULL,
+    PRIMARY KEY (user_id, channel_id)
+){rowid};
+CREATE INDEX reads_channel ON reads(channel_id)
+"""
+
 #: Every migration, by version (2 to :data:`SCHEMA_VERSION`, none missing).
 MIGRATIONS: dict[int, Migration] = {
     m.version: m
@@ -123,6 +147,13 @@ MIGRATIONS: dict[int, Migration] = {
             " that carry a message's body",
             _V3.format(int="INTEGER"),
             _V3.format(int="BIGINT"),
+        ),
+        Migration(
+            4,
+            "private channels, dms and membership (channels.kind, members,"
+            " events.restricted/only_user); read positions (reads)",
+            _V4.format(int="INTEGER", rowid=" WITHOUT ROWID", sender="channel_id, sender_id"),
+            _V4.format(int="BIGINT", rowid="", sender="channel_id, sender_id, seq"),
         ),
     ]
 }

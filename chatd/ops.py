@@ -97,6 +97,39 @@ class CreateChannelOp:
     user: wire.User
     name: str
     key: str
+    #: a private channel: only its members see it; its creator is the first
+    private: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class OpenDmOp:
+    """The dm channel of ``user`` and ``other_id`` (one per pair), made if missing."""
+
+    user: wire.User
+    other_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class AddMemberOp:
+    user: wire.User
+    channel_id: str
+    member_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class RemoveMemberOp:
+    user: wire.User
+    channel_id: str
+    member_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class MarkReadOp:
+    """Move the user's read position of a channel forward to ``seq``."""
+
+    user: wire.User
+    channel_id: str
+    seq: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,7 +174,7 @@ class ExpireOp:
 Op = (
     CreateUserOp | IssueTokenOp | RevokeTokenOp | CreateChannelOp | DeleteChannelOp | SendOp
     | DeleteMessageOp | EditMessageOp | ExpireOp | ChangePasswordOp | SetRoleOp | SetActiveOp
-    | CreateInviteOp | RevokeInviteOp
+    | CreateInviteOp | RevokeInviteOp | OpenDmOp | AddMemberOp | RemoveMemberOp | MarkReadOp
 )
 
 # -------------------------------------------------------------------- results
@@ -164,6 +197,25 @@ class Sent:
 
 
 @dataclass(frozen=True, slots=True)
+class DmOpened:
+    channel: wire.Channel
+    created: bool
+
+
+@dataclass(frozen=True, slots=True)
+class MemberChanged:
+    channel: wire.Channel
+    user: wire.User
+
+
+@dataclass(frozen=True, slots=True)
+class ReadPosition:
+    channel: wire.Channel
+    read_seq: int
+    unread: int
+
+
+@dataclass(frozen=True, slots=True)
 class Expired:
     messages: int = 0
     channels: int = 0
@@ -177,11 +229,25 @@ Result = object | ProtocolError
 
 @dataclass(frozen=True, slots=True)
 class Published:
-    """A committed event: its seq, its channel (for filters) and its encoded frame."""
+    """A committed event: its seq, its channel (for filters), its encoded frame,
+    and who may receive it (PROTOCOL.md "Who sees what"), decided when it was
+    committed so that fanout never decodes a frame to choose recipients."""
 
     seq: int
     channel_id: str
     frame: bytes
+    #: the user ids that may receive it; None: every user (a public channel's event)
+    audience: frozenset[str] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TailPage:
+    """A page of every event, with audiences, as a node tailing a shared database
+    reads it; ``upto`` as in :class:`EventPage`."""
+
+    events: list[Published]
+    upto: int
+    more: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -196,3 +262,7 @@ class EventPage:
     #: the global position of the snapshot: every matching event <= upto was considered.
     upto: int
     horizon: int
+    #: the page was cut at the read limit; every event <= ``scanned`` was considered
+    #: (the last one read, visible to this reader or not): read on from there.
+    more: bool = False
+    scanned: int = 0

@@ -60,10 +60,10 @@ from .crypto import new_epoch
 from .exceptions import StartupError, Unavailable
 from .migrations import SCHEMA_VERSION, Migration
 from .sendbuffer import SendBuffer
-from .sqlrows import RowStatements
+from .sqlrows import USER_EVENTS, RowStatements, SnapshotStatements
 from .storage import (
     AccountRow,
-    ChannelRow,
+    EventRow,
     InviteRow,
     MessageRow,
     NonceRow,
@@ -120,8 +120,9 @@ def _ended_by_server(conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any
 
 
 _INSERT_EVENTS = (
-    "INSERT INTO events(seq, at_ms, channel_id, frame, message_id)"
-    " SELECT * FROM unnest(%b::bigint[], %b::bigint[], %b::text[], %b::bytea[], %b::text[])"
+    "INSERT INTO events(seq, at_ms, channel_id, frame, message_id, restricted, only_user)"
+    " SELECT * FROM unnest(%b::bigint[], %b::bigint[], %b::text[], %b::bytea[], %b::text[],"
+    " %b::integer[], %b::text[])"
 )
 _INSERT_MESSAGES = (
     "INSERT INTO messages(seq, id, channel_id, sender_id, sender_name, at_ms, body)"
@@ -596,7 +597,7 @@ def migrate(
     )
 
 
-class _PgSnapshot:
+class _PgSnapshot(SnapshotStatements):
     """:class:`chatd.storage.Snapshot` on a pooled async connection."""
 
     __slots__ = ("conn",)
@@ -605,9 +606,10 @@ class _PgSnapshot:
         self.conn = conn
 
     async def _rows(self, sql: str, args: tuple[Any, ...] = ()) -> list[Any]:
+        """``sql`` may use ``?`` placeholders, as :mod:`chatd.sqlrows` does."""
         if _matches_nothing(args):
             return []
-        cur = await self.conn.execute(sql, args)
+        cur = await self.conn.execute(_placeholders(sql), args)
         return await cur.fetchall()
 
     async def _row(self, sql: str, args: tuple[Any, ...]) -> Any:
@@ -657,15 +659,6 @@ class _PgSnapshot:
         )
         return [bytes(r[0]) for r in rows]
 
-    async def channels(self) -> list[tuple[str, str]]:
-        return await self._rows("SELECT id, name FROM channels ORDER BY created_seq")
-
-    async def channel(self, channel_id: str) -> ChannelRow | None:
-        row: ChannelRow | None = await self._row(
-            "SELECT id, name, creator_id FROM channels WHERE id = %s", (channel_id,)
-        )
-        return row
-
     async def _messages(self, where: str, args: tuple[Any, ...]) -> list[MessageRow]:
         """Message rows with their bodies decoded (BYTEA: UTF-8)."""
         rows = await self._rows(
@@ -682,19 +675,19 @@ class _PgSnapshot:
         )
 
     async def events(
-        self, after: int, upto: int, channels: frozenset[str] | None, limit: int
-    ) -> list[tuple[int, bytes]]:
-        if channels is None:
-            return await self._rows(
-                "SELECT seq, frame FROM events WHERE seq > %s AND seq <= %s"
-                " ORDER BY seq LIMIT %s",
-                (after, upto, limit),
-            )
-        return await self._rows(
-            "SELECT seq, frame FROM events WHERE seq > %s AND seq <= %s"
-            " AND channel_id = ANY(%s) ORDER BY seq LIMIT %s",
-            (after, upto, [c for c in channels if "\x00" not in c], limit),
-        )
+        self, after: int, upto: int, channels: frozenset[str] | None, limit: int,
+        user_id: str | None = None,
+    ) -> list[EventRow]:
+        sql = ("SELECT seq, frame, channel_id, restricted, only_user FROM events"
+               " WHERE seq > ? AND seq <= ?")
+        args: tuple[Any, ...] = (after, upto)
+        if channels is not None:
+            sql += " AND channel_id = ANY(?)"
+            args += ([c for c in channels if "\x00" not in c],)
+        if user_id is not None:
+            sql += USER_EVENTS
+            args += (user_id, user_id)
+        return await self._rows(sql + " ORDER BY seq LIMIT ?", (*args, limit))
 
     async def messages_after(self, channel_id: str, after: int, limit: int) -> list[MessageRow]:
         return await self._messages(

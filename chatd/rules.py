@@ -38,9 +38,10 @@ from typing import Any
 
 import msgspec
 
-from . import wire
+from . import visibility, wire
 from .crypto import new_id, new_ordered_id
 from .exceptions import (
+    BadRequest,
     Conflict,
     Forbidden,
     InternalError,
@@ -50,19 +51,26 @@ from .exceptions import (
     Unavailable,
 )
 from .ops import (
+    AddMemberOp,
     ChangePasswordOp,
     CreateChannelOp,
     CreateInviteOp,
     CreateUserOp,
     DeleteChannelOp,
     DeleteMessageOp,
+    DmOpened,
     EditMessageOp,
     EventPage,
     Expired,
     ExpireOp,
     IssueTokenOp,
+    MarkReadOp,
+    MemberChanged,
     Op,
+    OpenDmOp,
     Published,
+    ReadPosition,
+    RemoveMemberOp,
     Result,
     RevokeInviteOp,
     RevokeTokenOp,
@@ -71,6 +79,7 @@ from .ops import (
     SetActiveOp,
     SetRoleOp,
     StoredUser,
+    TailPage,
 )
 from .storage import AccountRow, Backend, NonceRow, Snapshot, UserRow, WriteTx
 
@@ -101,35 +110,71 @@ class _Commit:
         self,
         kind: wire.EventKind,
         channel: wire.Channel,
+        audience: frozenset[str] | None,
         sender: wire.User | None = None,
         message: wire.EventMessage | None = None,
         carries: str | None = None,
+        *,
+        user: wire.User | None = None,
+        by: wire.User | None = None,
+        read: tuple[int, int] | None = None,
     ) -> int:
-        """Store and publish the next event; ``carries``: the id of the message
-        whose body it carries (message.sent, message.edited)."""
+        """Store and publish the next event; returns its seq.
+
+        ``audience``: who may receive it (None: everyone; see
+        :mod:`chatd.visibility`); ``carries``: the id of the message whose body
+        it carries (message.sent, message.edited); ``read``: (read_seq, unread)
+        of a read.updated, an account event for ``audience``'s one user.
+        """
         self.seq += 1
-        frame = self.encoder.encode(wire.Event(self.seq, self.at, kind, channel, sender, message))
-        self.tx.insert_event(self.seq, self.at_ms, channel.id, frame, carries)
-        self.events.append(Published(self.seq, channel.id, frame))
+        event = wire.Event(self.seq, self.at, kind, channel, sender, message, user, by)
+        only_user = None
+        if read is not None:
+            event.read_seq, event.unread = read
+            assert audience is not None and len(audience) == 1
+            (only_user,) = audience
+        frame = self.encoder.encode(event)
+        self.tx.insert_event(self.seq, self.at_ms, channel.id, frame, carries,
+                             channel.kind != "public", only_user)
+        self.events.append(Published(self.seq, channel.id, frame, audience))
         return self.seq
 
-    def delete_messages(self, channel: wire.Channel, rows: list[tuple[str, int]]) -> None:
+    def delete_messages(self, chan: _Chan, rows: list[tuple[str, int]]) -> None:
         """Delete messages (id, seq) of one channel: a message.deleted each, bodies gone.
 
         The message.sent event carries the body, so the backend drops it with the
         message: a replay after this never shows the body again.
         """
         for message_id, _ in rows:
-            self.emit("message.deleted", channel, message=wire.EventMessage(message_id))
+            self.emit("message.deleted", chan.channel, chan.members,
+                      message=wire.EventMessage(message_id))
         self.tx.delete_messages(rows)
 
-    def delete_channel(self, channel: wire.Channel) -> int:
-        """message.deleted for each remaining message, then channel.deleted."""
-        rows = self.tx.channel_messages(channel.id)
-        self.delete_messages(channel, rows)
-        self.emit("channel.deleted", channel)
-        self.tx.delete_channel(channel.id)
+    def delete_channel(self, chan: _Chan) -> int:
+        """message.deleted for each remaining message, then channel.deleted (to
+        who could see it); the members' intervals close with it."""
+        rows = self.tx.channel_messages(chan.channel.id)
+        self.delete_messages(chan, rows)
+        seq = self.emit("channel.deleted", chan.channel, chan.members)
+        self.tx.delete_channel(chan.channel.id)
+        if chan.members is not None:
+            self.tx.end_members(chan.channel.id, seq)
         return len(rows)
+
+
+class _Chan:
+    """A channel as the write rules cache it: the wire object, its creator, and
+    its current members (None for a public channel: everyone)."""
+
+    __slots__ = ("channel", "creator", "members")
+
+    def __init__(self, channel: wire.Channel, creator: str, members: frozenset[str] | None):
+        self.channel = channel
+        self.creator = creator
+        self.members = members
+
+    def sees(self, user_id: str) -> bool:
+        return self.members is None or user_id in self.members
 
 
 class Rules:
@@ -139,8 +184,9 @@ class Rules:
         self._encoder = msgspec.json.Encoder()
         # Seeded once: message ids need unpredictable tails, not a syscall per send.
         self._rng = random.Random(os.urandom(16))
-        #: channel id -> (channel, creator id), valid while the counter is _valid_at.
-        self._channels: dict[str, tuple[wire.Channel, str]] = {}
+        #: channel id -> the channel, its creator and members; valid while the
+        #: counter is _valid_at (every membership change emits an event too).
+        self._channels: dict[str, _Chan] = {}
         #: at_ms of the newest event, valid likewise.
         self._last_at = 0
         #: the counter value the caches were read at; -1: read them again.
@@ -218,15 +264,38 @@ class Rules:
 
     # ------------------------------------------------------------ the rules
 
-    def _channel(self, tx: WriteTx, channel_id: str) -> tuple[wire.Channel, str]:
-        """(channel, creator id), from the cache or the backend."""
+    def _channel(self, tx: WriteTx, channel_id: str) -> _Chan:
+        """The channel, from the cache or the backend; not_found if it does not exist."""
         found = self._channels.get(channel_id)
         if found is None:
             row = tx.channel(channel_id)
             if row is None:
-                raise NotFound(f"channel: no channel {channel_id!r}")
-            found = self._channels[channel_id] = (wire.Channel(row[0], row[1]), row[2])
+                raise NotFound(no_channel(channel_id))
+            cid, name, creator, kind = row
+            members = None if kind == "public" else frozenset(tx.channel_members(cid))
+            found = self._channels[channel_id] = _Chan(wire.Channel(cid, name, kind), creator,
+                                                       members)
         return found
+
+    def _visible(self, tx: WriteTx, channel_id: str, user_id: str) -> _Chan:
+        """The channel if the user can see it; otherwise not_found, worded exactly as
+        for an id that does not exist (no existence leak)."""
+        chan = self._channel(tx, channel_id)
+        if not chan.sees(user_id):
+            raise NotFound(no_channel(channel_id))
+        return chan
+
+    def _message_channel(self, tx: WriteTx, message_id: str, user_id: str, channel_id: str
+                         ) -> _Chan:
+        """The channel of a message the user names; not_found as for an unknown
+        message when the user cannot see it."""
+        chan = self._channel(tx, channel_id)
+        if not chan.sees(user_id):
+            raise NotFound(no_message(message_id))
+        return chan
+
+    def _set_members(self, chan: _Chan, members: frozenset[str]) -> None:
+        self._channels[chan.channel.id] = _Chan(chan.channel, chan.creator, members)
 
     def _create_user(self, c: _Commit, op: CreateUserOp) -> StoredUser:
         tx = c.tx
@@ -310,19 +379,110 @@ class Rules:
         taken = c.tx.channel_name_in_use(op.key)
         if taken is not None:
             raise Conflict(f"name: a channel named {taken!r} exists")
-        channel = wire.Channel(new_id("C"), op.name)
-        seq = c.emit("channel.created", channel)
-        c.tx.insert_channel(channel.id, op.name, op.key, op.user.id, seq, c.at_ms)
-        self._channels[channel.id] = (channel, op.user.id)
+        kind = "private" if op.private else "public"
+        channel = wire.Channel(new_id("C"), op.name, kind)
+        members = frozenset((op.user.id,)) if op.private else None
+        seq = c.emit("channel.created", channel, members)
+        c.tx.insert_channel(channel.id, op.name, op.key, op.user.id, seq, c.at_ms, kind)
+        if op.private:
+            c.tx.add_member(channel.id, op.user.id, seq)
+        self._channels[channel.id] = _Chan(channel, op.user.id, members)
         return channel
 
+    def _open_dm(self, c: _Commit, op: OpenDmOp) -> DmOpened:
+        tx, me = c.tx, op.user
+        row = tx.user(op.other_id)
+        if row is None:
+            raise NotFound(f"user: no user {op.other_id!r}")
+        other = wire.User(row[0], row[1])
+        pair = sorted({me.id, other.id})
+        # Member ids in the key: one dm per pair, and (upper-case letters) never
+        # the casefolded name of a public or private channel.
+        key = "DM:" + ":".join(pair)
+        users = sorted({me.id: me, other.id: other}.values(), key=lambda u: u.name)
+        found = tx.channel_by_key(key)
+        if found is not None:
+            chan = self._channel(tx, found[0])
+            return DmOpened(wire.Channel(chan.channel.id, chan.channel.name, "dm",
+                                                members=users), False)
+        name = ", ".join(u.name for u in users)
+        channel = wire.Channel(new_id("C"), name, "dm", members=users)
+        members = frozenset(pair)
+        seq = c.emit("channel.created", channel, members)
+        plain = wire.Channel(channel.id, name, "dm")
+        tx.insert_channel(channel.id, name, key, me.id, seq, c.at_ms, "dm")
+        for user_id in pair:
+            tx.add_member(channel.id, user_id, seq)
+        self._channels[channel.id] = _Chan(plain, me.id, members)
+        return DmOpened(channel, True)
+
+    def _member_target(self, c: _Commit, chan: _Chan, user_id: str, what: str) -> wire.User:
+        if chan.channel.kind != "private":
+            raise BadRequest(f"channel: {what} works on private channels only, not on"
+                             f" a {chan.channel.kind} channel")
+        row = c.tx.user(user_id)
+        if row is None:
+            raise NotFound(f"user: no user {user_id!r}")
+        return wire.User(row[0], row[1])
+
+    def _add_member(self, c: _Commit, op: AddMemberOp) -> MemberChanged:
+        chan = self._visible(c.tx, op.channel_id, op.user.id)
+        target = self._member_target(c, chan, op.member_id, "add_member")
+        assert chan.members is not None
+        if target.id in chan.members:
+            return MemberChanged(chan.channel, target)
+        account = c.tx.user(target.id)
+        if account is None or not account[3]:
+            raise BadRequest(f"user: {target.name!r} is deactivated")
+        members = chan.members | {target.id}
+        seq = c.emit("member.added", chan.channel, members, user=target, by=op.user)
+        c.tx.add_member(chan.channel.id, target.id, seq)
+        self._set_members(chan, members)
+        return MemberChanged(chan.channel, target)
+
+    def _remove_member(self, c: _Commit, op: RemoveMemberOp) -> MemberChanged:
+        chan = self._visible(c.tx, op.channel_id, op.user.id)
+        target = self._member_target(c, chan, op.member_id, "remove_member")
+        assert chan.members is not None
+        if target.id not in chan.members:
+            raise NotFound(f"user: {target.name!r} is not a member of this channel")
+        if (target.id != op.user.id and chan.creator != op.user.id
+                and not is_admin(c.tx.user(op.user.id))):
+            raise Forbidden("user: only that user, the channel's creator or an admin may"
+                            " remove a member")
+        # To the members before the removal, the removed user included.
+        seq = c.emit("member.removed", chan.channel, chan.members, user=target, by=op.user)
+        c.tx.end_member(chan.channel.id, target.id, seq)
+        self._set_members(chan, chan.members - {target.id})
+        return MemberChanged(chan.channel, target)
+
+    def _mark_read(self, c: _Commit, op: MarkReadOp) -> ReadPosition:
+        tx, user_id = c.tx, op.user.id
+        chan = self._visible(tx, op.channel_id, user_id)
+        if op.seq > c.seq:
+            raise BadRequest(f"seq: {op.seq} is above the current stream position {c.seq}")
+        channel_id = chan.channel.id
+        if chan.members is None:
+            start = tx.user_created_seq(user_id)
+        else:
+            start = tx.member_since(channel_id, user_id) or 0
+        current = max(start, tx.read_position(user_id, channel_id) or 0)
+        if op.seq <= current:
+            return ReadPosition(chan.channel, current, tx.unread(channel_id, user_id, current))
+        tx.set_read_position(user_id, channel_id, op.seq)
+        unread = tx.unread(channel_id, user_id, op.seq)
+        c.emit("read.updated", chan.channel, frozenset((user_id,)), read=(op.seq, unread))
+        return ReadPosition(chan.channel, op.seq, unread)
+
     def _delete_channel(self, c: _Commit, op: DeleteChannelOp) -> wire.Channel:
-        channel, creator = self._channel(c.tx, op.channel_id)
-        if creator != op.user.id and not is_admin(c.tx.user(op.user.id)):
+        chan = self._visible(c.tx, op.channel_id, op.user.id)
+        if chan.channel.kind == "dm":
+            raise Forbidden("channel: a direct message channel is never deleted by a user")
+        if chan.creator != op.user.id and not is_admin(c.tx.user(op.user.id)):
             raise Forbidden("channel: only its creator or an admin may delete it")
-        c.delete_channel(channel)
-        self._channels.pop(channel.id, None)
-        return channel
+        c.delete_channel(chan)
+        self._channels.pop(chan.channel.id, None)
+        return chan.channel
 
     def _send(self, c: _Commit, op: SendOp) -> Sent:
         if op.nonce is not None:
@@ -339,11 +499,12 @@ class Rules:
                     body if body is not None and edited is None else op.body,
                 )
                 return Sent(message, wire.Channel(channel_id, channel_name))
-        channel, _ = self._channel(c.tx, op.channel_id)
+        chan = self._visible(c.tx, op.channel_id, op.user.id)
+        channel = chan.channel
         # The event about to be emitted gets c.seq + 1.
         message_id = new_ordered_id("M", c.seq + 1, self._rng)
         seq = c.emit(
-            "message.sent", channel, sender=op.user,
+            "message.sent", channel, chan.members, sender=op.user,
             message=wire.EventMessage(message_id, op.body), carries=message_id,
         )
         c.tx.insert_message(seq, message_id, channel.id, op.user.id, op.user.name, c.at_ms,
@@ -363,11 +524,12 @@ class Rules:
         tx = c.tx
         row = tx.message_info(op.message_id)
         if row is None:
-            raise NotFound(f"message: no message {op.message_id!r}")
+            raise NotFound(no_message(op.message_id))
         seq, channel_id, sender_id, sender_name, at_ms = row
+        chan = self._message_channel(tx, op.message_id, op.user.id, channel_id)
         if sender_id != op.user.id:
             raise Forbidden("message: only its sender may edit it")
-        channel, _ = self._channel(tx, channel_id)
+        channel = chan.channel
         tx.edit_message(seq, op.body, c.at_ms)
         latest = wire.EventMessage(op.message_id, op.body, c.at)
         for event_seq, frame in tx.message_events(op.message_id):
@@ -375,7 +537,7 @@ class Rules:
             event.message = latest
             tx.set_event_frame(event_seq, self._encoder.encode(event))
         sender = wire.User(sender_id, sender_name)
-        c.emit("message.edited", channel, sender=sender, message=latest,
+        c.emit("message.edited", channel, chan.members, sender=sender, message=latest,
                carries=op.message_id)
         message = wire.Message(op.message_id, seq, wire.format_at(at_ms), sender, op.body,
                                c.at)
@@ -384,25 +546,25 @@ class Rules:
     def _delete_message(self, c: _Commit, op: DeleteMessageOp) -> tuple[str, wire.Channel]:
         row = c.tx.message(op.message_id)
         if row is None:
-            raise NotFound(f"message: no message {op.message_id!r}")
+            raise NotFound(no_message(op.message_id))
         seq, channel_id, sender_id = row
+        chan = self._message_channel(c.tx, op.message_id, op.user.id, channel_id)
         if sender_id != op.user.id and not is_admin(c.tx.user(op.user.id)):
             raise Forbidden("message: only its sender or an admin may delete it")
-        channel, _ = self._channel(c.tx, channel_id)
-        c.delete_messages(channel, [(op.message_id, seq)])
-        return op.message_id, channel
+        c.delete_messages(chan, [(op.message_id, seq)])
+        return op.message_id, chan.channel
 
     def _expire(self, c: _Commit, op: ExpireOp) -> Expired:
         tx, budget = c.tx, op.limit
         messages = channels = events = 0
         old = tx.messages_before(op.message_before_ms, budget)
-        for message_id, seq, channel_id, channel_name in old:
-            c.delete_messages(wire.Channel(channel_id, channel_name), [(message_id, seq)])
+        for message_id, seq, channel_id, _ in old:
+            c.delete_messages(self._channel(tx, channel_id), [(message_id, seq)])
         messages += len(old)
         budget -= len(old)
         if budget > 0:
-            for channel_id, name in tx.idle_channels(op.channel_idle_before_ms, budget):
-                dropped = c.delete_channel(wire.Channel(channel_id, name))
+            for channel_id, _ in tx.idle_channels(op.channel_idle_before_ms, budget):
+                dropped = c.delete_channel(self._channel(tx, channel_id))
                 self._channels.pop(channel_id, None)
                 messages += dropped
                 channels += 1
@@ -423,6 +585,7 @@ class Rules:
                 if last > horizon:
                     tx.set_horizon(last)
                     horizon = last
+                    tx.drop_members_through(horizon)
             budget -= events
         tx.drop_nonces_before(op.nonce_before_ms, op.limit)
         tx.drop_tokens_expired(op.token_before_ms, op.limit)
@@ -445,7 +608,21 @@ _APPLY: dict[type, Callable[[Rules, _Commit, Any], object]] = {
     SetActiveOp: Rules._set_active,
     CreateInviteOp: Rules._create_invite,
     RevokeInviteOp: Rules._revoke_invite,
+    OpenDmOp: Rules._open_dm,
+    AddMemberOp: Rules._add_member,
+    RemoveMemberOp: Rules._remove_member,
+    MarkReadOp: Rules._mark_read,
 }
+
+
+def no_channel(channel_id: str) -> str:
+    """The one wording of not_found for a channel, whether it does not exist or
+    the user cannot see it."""
+    return f"channel: no channel {channel_id!r}"
+
+
+def no_message(message_id: str) -> str:
+    return f"message: no message {message_id!r}"
 
 
 def is_admin(row: AccountRow | UserRow | None) -> bool:
@@ -460,12 +637,19 @@ def stored_user(row: UserRow) -> StoredUser:
 # ------------------------------------------------------------------- reads
 
 
+async def visible_channel(snap: Snapshot, channel_id: str, user_id: str) -> wire.Channel:
+    """The channel if the user can see it; not_found (one wording) otherwise."""
+    row = await snap.visible_channel(channel_id, user_id)
+    if row is None:
+        raise NotFound(no_channel(channel_id))
+    return wire.Channel(row[0], row[1], row[3])
+
+
 async def history(
-    snap: Snapshot, channel_id: str, before: int | None, limit: int
+    snap: Snapshot, channel_id: str, user_id: str, before: int | None, limit: int
 ) -> tuple[list[wire.Message], bool]:
     """The newest ``limit`` messages before ``before``, ascending; and whether more exist."""
-    if await snap.channel(channel_id) is None:
-        raise NotFound(f"channel: no channel {channel_id!r}")
+    await visible_channel(snap, channel_id, user_id)
     rows = await snap.messages(channel_id, wire.MAX_SEQ if before is None else before, limit + 1)
     messages = [
         wire.Message(mid, seq, wire.format_at(at_ms), wire.User(uid, uname), body,
@@ -475,14 +659,32 @@ async def history(
     return messages, len(rows) > limit
 
 
-async def boot(snap: Snapshot, user_id: str) -> tuple[int, wire.Me, list[wire.Channel]]:
-    """The current position, the user as of it (with its role), every channel."""
+async def boot(snap: Snapshot, user_id: str) -> tuple[int, wire.Me, list[wire.BootChannel]]:
+    """The current position, the user as of it (with its role), and the channels
+    it can see, with read positions and unread counts (dm channels with members)."""
     seq, _ = await snap.counter()
     row = await snap.user(user_id)
     if row is None:
         raise Unauthorized("user: no such user")
     me = wire.Me(row[0], row[1], row[3])
-    return seq, me, [wire.Channel(i, n) for i, n in await snap.channels()]
+    channels = [wire.BootChannel(id=i, name=n, kind=k, read_seq=r, unread=u)
+                for i, n, k, r, u in await snap.boot_channels(user_id)]
+    if any(c.kind == "dm" for c in channels):
+        members: dict[str, list[wire.User]] = {}
+        for channel_id, member_id, member_name in await snap.dm_members(user_id):
+            members.setdefault(channel_id, []).append(wire.User(member_id, member_name))
+        for c in channels:
+            if c.kind == "dm":
+                c.members = sorted(members.get(c.id, []), key=lambda u: u.name)
+    return seq, me, channels
+
+
+async def members(snap: Snapshot, channel_id: str, user_id: str) -> list[wire.User]:
+    """The current members of a private or dm channel the user can see."""
+    channel = await visible_channel(snap, channel_id, user_id)
+    if channel.kind == "public":
+        raise BadRequest("channel: a public channel has no member list (everyone sees it)")
+    return [wire.User(i, n) for i, n in await snap.members(channel_id)]
 
 
 async def users(snap: Snapshot) -> list[wire.Account]:
@@ -501,8 +703,23 @@ async def invites(snap: Snapshot, actor: wire.User, now_ms: int) -> list[wire.In
 
 
 async def read_events(
-    snap: Snapshot, after: int, channels: frozenset[str] | None, limit: int
+    snap: Snapshot, after: int, channels: frozenset[str] | None, limit: int, user_id: str
 ) -> EventPage:
-    """A page of retained events after ``after``, and the snapshot's position."""
+    """A page of the retained events after ``after`` that ``user_id`` may see (PROTOCOL.md
+    "Who sees what", membership as of each event's seq), and the snapshot's position."""
     upto, horizon = await snap.counter()
-    return EventPage(await snap.events(after, upto, channels, limit), upto, horizon)
+    rows = await snap.events(after, upto, channels, limit, user_id)
+    intervals = await snap.intervals(user_id, None) if any(r[3] for r in rows) else []
+    events = visibility.visible_to(user_id, rows, intervals)
+    return EventPage(events, upto, horizon, more=len(rows) >= limit,
+                     scanned=rows[-1][0] if rows else after)
+
+
+async def tail_events(snap: Snapshot, after: int, limit: int) -> TailPage:
+    """A page of every retained event after ``after``, each with its audience, for
+    the fanout of a node tailing a shared database."""
+    upto, _ = await snap.counter()
+    rows = await snap.events(after, upto, None, limit)
+    restricted = sorted({r[2] for r in rows if r[3] and r[4] is None})
+    intervals = await snap.intervals(None, restricted) if restricted else []
+    return TailPage(visibility.published(rows, intervals), upto, more=len(rows) >= limit)

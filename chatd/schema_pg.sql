@@ -1,4 +1,4 @@
--- chatd schema for PostgreSQL, version 2: the tables of schema.sql (the sqlite
+-- chatd schema for PostgreSQL, version 4: the tables of schema.sql (the sqlite
 -- schema) with PostgreSQL types. chatd.postgres_store applies this file to a new
 -- database in one transaction and records the version in meta('schema_version');
 -- an older database is brought here by chatd/migrations.py (a change here needs
@@ -51,7 +51,10 @@ CREATE TABLE channels (
     name_key    TEXT NOT NULL UNIQUE,
     creator_id  TEXT NOT NULL,
     created_seq BIGINT NOT NULL,
-    active_ms   BIGINT NOT NULL           -- creation, then the time of its newest message
+    active_ms   BIGINT NOT NULL,          -- creation, then the time of its newest message
+    -- version 4: public, private or dm. A dm's name_key is 'DM:' and its two
+    -- member ids in order: one per pair, and never equal to a casefolded name.
+    kind        TEXT NOT NULL DEFAULT 'public' CHECK (kind IN ('public', 'private', 'dm'))
 );
 CREATE INDEX channels_active ON channels(active_ms);
 
@@ -68,6 +71,7 @@ CREATE TABLE messages (
 );
 CREATE INDEX messages_channel ON messages(channel_id, seq);
 CREATE INDEX messages_at ON messages(at_ms);
+CREATE INDEX messages_sender ON messages(channel_id, sender_id, seq);  -- unread counts
 
 -- The retained event log. `frame` is the event's wire frame, encoded once when
 -- it is committed; replay sends it as stored. A deleted message's message.sent
@@ -80,7 +84,12 @@ CREATE TABLE events (
     frame      BYTEA NOT NULL,
     -- version 3: the message whose body the frame carries (message.sent and
     -- message.edited; NULL for every other event)
-    message_id TEXT
+    message_id TEXT,
+    -- version 4: who may receive it (PROTOCOL.md "Who sees what"): restricted = 1
+    -- for an event of a private or dm channel (members at its seq, see members);
+    -- only_user: an account event (read.updated), for that user alone
+    restricted INTEGER NOT NULL DEFAULT 0,
+    only_user  TEXT
 );
 CREATE INDEX events_channel ON events(channel_id, seq);
 CREATE INDEX events_message ON events(message_id) WHERE message_id IS NOT NULL;
@@ -109,6 +118,30 @@ CREATE TABLE invites (
     uses_left  INTEGER NOT NULL
 );
 CREATE INDEX invites_expiry ON invites(expires_ms);
+
+-- Membership of private and dm channels (version 4), as seq intervals: the user
+-- was a member of the channel for every seq in [from_seq, to_seq] (to_seq NULL:
+-- still is). Replay decides whether a user may see an event of a private or dm
+-- channel from these, without a query per event. A closed interval is kept while
+-- events it covers are retained; expiry drops it once to_seq <= horizon.
+CREATE TABLE members (
+    channel_id TEXT NOT NULL,
+    user_id    TEXT NOT NULL,
+    from_seq   BIGINT NOT NULL,            -- its channel.created or member.added
+    to_seq     BIGINT,                     -- its member.removed or channel.deleted
+    PRIMARY KEY (channel_id, user_id, from_seq)
+);
+CREATE INDEX members_user ON members(user_id, channel_id);
+
+-- Read positions (version 4): the seq up to which the user has read the
+-- channel, once it moved past where the user began to see it.
+CREATE TABLE reads (
+    user_id    TEXT NOT NULL,
+    channel_id TEXT NOT NULL,
+    read_seq   BIGINT NOT NULL,
+    PRIMARY KEY (user_id, channel_id)
+);
+CREATE INDEX reads_channel ON reads(channel_id);
 
 -- One row per schema change: the creation of the database (name 'new database')
 -- and each migration applied since, with its time.

@@ -10,8 +10,8 @@ allows, with its one exception at :meth:`~chatd.storage.WriteTx.nonces`).
 
 from __future__ import annotations
 
-#: (seq, at_ms, channel_id, frame, message_id)
-EventRow = tuple[int, int, str, bytes, str | None]
+#: (seq, at_ms, channel_id, frame, message_id, restricted (0/1), only_user)
+EventRow = tuple[int, int, str, bytes, str | None, int, str | None]
 #: (seq, id, channel_id, sender_id, sender_name, at_ms, body)
 MessageInsert = tuple[int, str, str, str, str, int, str]
 #: (user_id, nonce, message_id, seq, at_ms, channel_id, channel_name)
@@ -43,9 +43,11 @@ class SendBuffer:
         self._active.clear()
 
     def insert_event(
-        self, seq: int, at_ms: int, channel_id: str, frame: bytes, message_id: str | None
+        self, seq: int, at_ms: int, channel_id: str, frame: bytes, message_id: str | None,
+        restricted: bool = False, only_user: str | None = None,
     ) -> None:
-        self._events.append((seq, at_ms, channel_id, frame, message_id))
+        self._events.append((seq, at_ms, channel_id, frame, message_id, int(restricted),
+                             only_user))
 
     def insert_message(
         self, seq: int, message_id: str, channel_id: str, sender_id: str, sender_name: str,

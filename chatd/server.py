@@ -85,7 +85,7 @@ class App:
         if self.store.backend.shared:
             # Other nodes commit too: every node reads the one stream by seq.
             self.feed = TailFeed(
-                self.store.read_events, self._publish, cursor=0,
+                self.store.tail_events, self._publish, cursor=0,
                 poll_interval=cfg.tail_poll_interval, page_size=cfg.replay_batch,
             )
         else:

@@ -41,10 +41,10 @@ from .crypto import new_epoch
 from .exceptions import StartupError
 from .migrations import SCHEMA_VERSION, Migration
 from .sendbuffer import SendBuffer
-from .sqlrows import RowStatements
+from .sqlrows import USER_EVENTS, RowStatements, SnapshotStatements
 from .storage import (
     AccountRow,
-    ChannelRow,
+    EventRow,
     InviteRow,
     MessageRow,
     NonceRow,
@@ -86,8 +86,8 @@ class _SqliteTx(SendBuffer, RowStatements):
         conn = self.conn
         if self._events:
             conn.executemany(
-                "INSERT INTO events(seq, at_ms, channel_id, frame, message_id)"
-                " VALUES (?,?,?,?,?)",
+                "INSERT INTO events(seq, at_ms, channel_id, frame, message_id, restricted,"
+                " only_user) VALUES (?,?,?,?,?,?,?)",
                 self._events,
             )
             self._events.clear()
@@ -348,7 +348,7 @@ class SqliteBackend:
                 await conn.execute("COMMIT")
 
 
-class _SqliteSnapshot:
+class _SqliteSnapshot(SnapshotStatements):
     """:class:`chatd.storage.Snapshot` on a pooled aiosqlite connection."""
 
     __slots__ = ("conn",)
@@ -406,15 +406,6 @@ class _SqliteSnapshot:
             live += [bytes(r[0]) for r in rows]
         return live
 
-    async def channels(self) -> list[tuple[str, str]]:
-        return await self._rows("SELECT id, name FROM channels ORDER BY created_seq")
-
-    async def channel(self, channel_id: str) -> ChannelRow | None:
-        rows = await self._rows(
-            "SELECT id, name, creator_id FROM channels WHERE id = ?", (channel_id,)
-        )
-        return tuple(rows[0]) if rows else None
-
     async def messages(self, channel_id: str, before: int, limit: int) -> list[MessageRow]:
         return await self._rows(
             "SELECT id, seq, at_ms, sender_id, sender_name, body, edited_ms FROM messages"
@@ -423,19 +414,19 @@ class _SqliteSnapshot:
         )
 
     async def events(
-        self, after: int, upto: int, channels: frozenset[str] | None, limit: int
-    ) -> list[tuple[int, bytes]]:
-        if channels is None:
-            return await self._rows(
-                "SELECT seq, frame FROM events WHERE seq > ? AND seq <= ? ORDER BY seq LIMIT ?",
-                (after, upto, limit),
-            )
-        return await self._rows(
-            "SELECT seq, frame FROM events WHERE seq > ? AND seq <= ?"
-            " AND channel_id IN (SELECT value FROM json_each(?))"
-            " ORDER BY seq LIMIT ?",
-            (after, upto, msgspec.json.encode(sorted(channels)).decode(), limit),
-        )
+        self, after: int, upto: int, channels: frozenset[str] | None, limit: int,
+        user_id: str | None = None,
+    ) -> list[EventRow]:
+        sql = ("SELECT seq, frame, channel_id, restricted, only_user FROM events"
+               " WHERE seq > ? AND seq <= ?")
+        args: tuple[Any, ...] = (after, upto)
+        if channels is not None:
+            sql += " AND channel_id IN (SELECT value FROM json_each(?))"
+            args += (msgspec.json.encode(sorted(channels)).decode(),)
+        if user_id is not None:
+            sql += USER_EVENTS
+            args += (user_id, user_id)
+        return await self._rows(sql + " ORDER BY seq LIMIT ?", (*args, limit))
 
     async def messages_after(self, channel_id: str, after: int, limit: int) -> list[MessageRow]:
         return await self._rows(

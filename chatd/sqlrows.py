@@ -11,7 +11,30 @@ from __future__ import annotations
 
 from typing import Any
 
-from .storage import AccountRow, ChannelRow, MessageInfo, MessageKey, UserRow
+from .storage import (
+    AccountRow,
+    BootChannelRow,
+    ChannelRow,
+    IntervalRow,
+    MessageInfo,
+    MessageKey,
+    UserRow,
+)
+
+#: the channels a user can see: public ones, and those it is a member of now
+#: (``?``: the user id). The one place this rule is written in SQL.
+VISIBLE = (
+    "(c.kind = 'public' OR EXISTS (SELECT 1 FROM members v WHERE v.channel_id = c.id"
+    " AND v.user_id = ? AND v.to_seq IS NULL))"
+)
+
+#: the events a user can never see, left out of a replay read in SQL (``?``, ``?``:
+#: the user id twice); membership at each event's seq is chatd.visibility's
+USER_EVENTS = (
+    " AND (only_user IS NULL OR only_user = ?)"
+    " AND (restricted = 0 OR channel_id IN (SELECT channel_id FROM members WHERE user_id = ?))"
+)
+
 
 
 class RowStatements:
@@ -120,7 +143,13 @@ class RowStatements:
 
     def channel(self, channel_id: str) -> ChannelRow | None:
         row: ChannelRow | None = self._one(
-            "SELECT id, name, creator_id FROM channels WHERE id = ?", (channel_id,)
+            "SELECT id, name, creator_id, kind FROM channels WHERE id = ?", (channel_id,)
+        )
+        return row
+
+    def channel_by_key(self, key: str) -> ChannelRow | None:
+        row: ChannelRow | None = self._one(
+            "SELECT id, name, creator_id, kind FROM channels WHERE name_key = ?", (key,)
         )
         return row
 
@@ -130,16 +159,60 @@ class RowStatements:
 
     def insert_channel(
         self, channel_id: str, name: str, key: str, creator_id: str, created_seq: int,
-        at_ms: int,
+        at_ms: int, kind: str = "public",
     ) -> None:
         self._run(
-            "INSERT INTO channels(id, name, name_key, creator_id, created_seq, active_ms)"
-            " VALUES (?,?,?,?,?,?)",
-            (channel_id, name, key, creator_id, created_seq, at_ms),
+            "INSERT INTO channels(id, name, name_key, creator_id, created_seq, active_ms, kind)"
+            " VALUES (?,?,?,?,?,?,?)",
+            (channel_id, name, key, creator_id, created_seq, at_ms, kind),
         )
 
     def delete_channel(self, channel_id: str) -> None:
         self._run("DELETE FROM channels WHERE id = ?", (channel_id,))
+        self._run("DELETE FROM reads WHERE channel_id = ?", (channel_id,))
+
+    def channel_members(self, channel_id: str) -> list[str]:
+        return [r[0] for r in self._all(
+            "SELECT user_id FROM members WHERE channel_id = ? AND to_seq IS NULL", (channel_id,))]
+
+    def add_member(self, channel_id: str, user_id: str, seq: int) -> None:
+        self._run("INSERT INTO members(channel_id, user_id, from_seq) VALUES (?,?,?)",
+                  (channel_id, user_id, seq))
+
+    def end_member(self, channel_id: str, user_id: str, seq: int) -> None:
+        self._run("UPDATE members SET to_seq = ? WHERE channel_id = ? AND user_id = ?"
+                  " AND to_seq IS NULL", (seq, channel_id, user_id))
+
+    def end_members(self, channel_id: str, seq: int) -> None:
+        self._run("UPDATE members SET to_seq = ? WHERE channel_id = ? AND to_seq IS NULL",
+                  (seq, channel_id))
+
+    def member_since(self, channel_id: str, user_id: str) -> int | None:
+        row = self._one("SELECT from_seq FROM members WHERE channel_id = ? AND user_id = ?"
+                        " AND to_seq IS NULL", (channel_id, user_id))
+        return None if row is None else int(row[0])
+
+    def drop_members_through(self, seq: int) -> None:
+        self._run("DELETE FROM members WHERE to_seq <= ?", (seq,))
+
+    def user_created_seq(self, user_id: str) -> int:
+        row = self._one("SELECT created_seq FROM users WHERE id = ?", (user_id,))
+        return 0 if row is None else int(row[0])
+
+    def read_position(self, user_id: str, channel_id: str) -> int | None:
+        row = self._one("SELECT read_seq FROM reads WHERE user_id = ? AND channel_id = ?",
+                        (user_id, channel_id))
+        return None if row is None else int(row[0])
+
+    def set_read_position(self, user_id: str, channel_id: str, seq: int) -> None:
+        self._run(
+            "INSERT INTO reads(user_id, channel_id, read_seq) VALUES (?,?,?)"
+            " ON CONFLICT (user_id, channel_id) DO UPDATE SET read_seq = excluded.read_seq",
+            (user_id, channel_id, seq),
+        )
+
+    def unread(self, channel_id: str, user_id: str, after: int) -> int:
+        return int(self._one(_UNREAD_ONE, (channel_id, after, channel_id, user_id, after))[0])
 
     def message(self, message_id: str) -> MessageKey | None:
         row: MessageKey | None = self._one(
@@ -199,3 +272,91 @@ class RowStatements:
             " (SELECT hash FROM tokens WHERE expires_ms < ? LIMIT ?)",
             (now_ms, limit),
         )
+
+
+# Unread counts as two index-only counts (all messages after the read position,
+# less the user's own), not one count that reads every row for its sender_id:
+# boot of 200 channels over 100,000 messages stays a few milliseconds.
+_UNREAD = (
+    "(SELECT count(*) FROM messages m WHERE m.channel_id = {c} AND m.seq > {r})"
+    " - (SELECT count(*) FROM messages m WHERE m.channel_id = {c} AND m.sender_id = {u}"
+    " AND m.seq > {r})"
+)
+_UNREAD_ONE = "SELECT " + _UNREAD.format(c="?", r="?", u="?")
+
+# The channels a user can see, where the user began to see each (public: its
+# account's created_seq; private/dm: its current interval's from_seq), and its
+# read position: the larger of that and the stored one.
+_BOOT_CHANNELS = (
+    "WITH v(id, start) AS ("
+    " SELECT c.id, (SELECT created_seq FROM users WHERE id = ?) FROM channels c"
+    " WHERE c.kind = 'public'"
+    " UNION ALL"
+    " SELECT channel_id, from_seq FROM members WHERE user_id = ? AND to_seq IS NULL"
+    "), w AS ("
+    " SELECT c.id AS id, c.name AS name, c.kind AS kind, c.created_seq AS created_seq,"
+    " CASE WHEN r.read_seq > v.start THEN r.read_seq ELSE v.start END AS read_seq"
+    " FROM v JOIN channels c ON c.id = v.id"
+    " LEFT JOIN reads r ON r.user_id = ? AND r.channel_id = v.id"
+    ") SELECT id, name, kind, read_seq, "
+    + _UNREAD.format(c="w.id", r="w.read_seq", u="?")
+    + " FROM w ORDER BY created_seq"
+)
+
+
+class SnapshotStatements:
+    """The reads both backends share, mixed into their snapshots (``?``
+    placeholders; PostgreSQL's ``_rows`` turns them into ``%s``)."""
+
+    async def _rows(self, sql: str, args: tuple[Any, ...] = ()) -> list[Any]:
+        raise NotImplementedError
+
+    async def channels(self) -> list[ChannelRow]:
+        """Every channel, oldest first (the operator's export)."""
+        return await self._rows(
+            "SELECT id, name, creator_id, kind FROM channels ORDER BY created_seq")
+
+    async def channel(self, channel_id: str) -> ChannelRow | None:
+        rows = await self._rows(
+            "SELECT id, name, creator_id, kind FROM channels WHERE id = ?", (channel_id,))
+        return tuple(rows[0]) if rows else None  # type: ignore[return-value]
+
+    async def visible_channel(self, channel_id: str, user_id: str) -> ChannelRow | None:
+        rows = await self._rows(
+            "SELECT c.id, c.name, c.creator_id, c.kind FROM channels c WHERE c.id = ? AND "
+            + VISIBLE, (channel_id, user_id))
+        return tuple(rows[0]) if rows else None  # type: ignore[return-value]
+
+    async def boot_channels(self, user_id: str) -> list[BootChannelRow]:
+        return [tuple(r) for r in await self._rows(  # type: ignore[misc]
+            _BOOT_CHANNELS, (user_id, user_id, user_id, user_id))]
+
+    async def dm_members(self, user_id: str) -> list[tuple[str, str, str]]:
+        return await self._rows(
+            "SELECT o.channel_id, u.id, u.name FROM members mine"
+            " JOIN channels c ON c.id = mine.channel_id AND c.kind = 'dm'"
+            " JOIN members o ON o.channel_id = mine.channel_id AND o.to_seq IS NULL"
+            " JOIN users u ON u.id = o.user_id"
+            " WHERE mine.user_id = ? AND mine.to_seq IS NULL ORDER BY o.channel_id, u.name_key",
+            (user_id,))
+
+    async def members(self, channel_id: str) -> list[tuple[str, str]]:
+        return await self._rows(
+            "SELECT u.id, u.name FROM members m JOIN users u ON u.id = m.user_id"
+            " WHERE m.channel_id = ? AND m.to_seq IS NULL ORDER BY u.name_key", (channel_id,))
+
+    async def intervals(
+        self, user_id: str | None, channel_ids: list[str] | None
+    ) -> list[IntervalRow]:
+        if user_id is not None:
+            return await self._rows(
+                "SELECT channel_id, user_id, from_seq, to_seq FROM members WHERE user_id = ?",
+                (user_id,))
+        ids = channel_ids or []
+        rows: list[IntervalRow] = []
+        for i in range(0, len(ids), 500):  # sqlite's bound-parameter limit
+            chunk = ids[i:i + 500]
+            rows += await self._rows(
+                "SELECT channel_id, user_id, from_seq, to_seq FROM members"
+                f" WHERE channel_id IN ({','.join('?' * len(chunk))})", tuple(chunk))
+        return rows

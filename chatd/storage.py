@@ -41,8 +41,15 @@ UserRow = tuple[str, str, str, str, Any]
 AccountRow = tuple[str, str, str, Any]
 #: (id, expires_ms, uses_left, created_by id, created_by name)
 InviteRow = tuple[str, int, int, str, str]
-#: (id, name, creator_id)
-ChannelRow = tuple[str, str, str]
+#: (id, name, creator_id, kind)
+ChannelRow = tuple[str, str, str, str]
+#: (seq, frame, channel_id, restricted (0/1), only_user): an event as replay and the
+#: tail read it, with what decides who may see it (chatd.visibility)
+EventRow = tuple[int, bytes, str, int, str | None]
+#: (channel_id, user_id, from_seq, to_seq or None): a membership interval
+IntervalRow = tuple[str, str, int, int | None]
+#: (id, name, kind, read_seq, unread): a channel as boot shows it to one user
+BootChannelRow = tuple[str, str, str, int, int]
 #: (seq, channel_id, sender_id)
 MessageKey = tuple[int, str, str]
 #: (message_id, seq, at_ms, channel_id, channel_name, body or None once deleted,
@@ -138,12 +145,52 @@ class WriteTx(Protocol):
         """The stored name of the channel whose name key is ``key``."""
         ...
 
+    def channel_by_key(self, key: str) -> ChannelRow | None: ...
+
     def insert_channel(
         self, channel_id: str, name: str, key: str, creator_id: str, created_seq: int,
-        at_ms: int,
+        at_ms: int, kind: str = "public",
     ) -> None: ...
 
-    def delete_channel(self, channel_id: str) -> None: ...
+    def delete_channel(self, channel_id: str) -> None:
+        """Delete the channel row and its read positions (its membership intervals
+        stay: replay of its retained events needs them)."""
+        ...
+
+    # -- membership (intervals) and read positions
+    def channel_members(self, channel_id: str) -> list[str]:
+        """The ids of the current members."""
+        ...
+
+    def add_member(self, channel_id: str, user_id: str, seq: int) -> None:
+        """Open an interval at ``seq``."""
+        ...
+
+    def end_member(self, channel_id: str, user_id: str, seq: int) -> None:
+        """Close the user's open interval at ``seq``."""
+        ...
+
+    def end_members(self, channel_id: str, seq: int) -> None:
+        """Close every open interval of the channel at ``seq``."""
+        ...
+
+    def member_since(self, channel_id: str, user_id: str) -> int | None:
+        """``from_seq`` of the user's open interval, None when not a member."""
+        ...
+
+    def drop_members_through(self, seq: int) -> None:
+        """Forget the intervals that closed at or before ``seq`` (the horizon)."""
+        ...
+
+    def user_created_seq(self, user_id: str) -> int: ...
+
+    def read_position(self, user_id: str, channel_id: str) -> int | None: ...
+
+    def set_read_position(self, user_id: str, channel_id: str, seq: int) -> None: ...
+
+    def unread(self, channel_id: str, user_id: str, after: int) -> int:
+        """Messages of the channel with seq > after not sent by the user."""
+        ...
 
     def touch_channel(self, channel_id: str, at_ms: int) -> None:
         """Record a new message in the channel at ``at_ms`` (for idle expiry)."""
@@ -173,9 +220,12 @@ class WriteTx(Protocol):
         ...
 
     def insert_event(
-        self, seq: int, at_ms: int, channel_id: str, frame: bytes, message_id: str | None
+        self, seq: int, at_ms: int, channel_id: str, frame: bytes, message_id: str | None,
+        restricted: bool = False, only_user: str | None = None,
     ) -> None:
-        """Store an event; ``message_id`` for an event that carries a message's body."""
+        """Store an event; ``message_id`` for an event that carries a message's body;
+        ``restricted`` for an event of a private or dm channel; ``only_user`` for an
+        account event."""
         ...
 
     def message_events(self, message_id: str) -> list[tuple[int, bytes]]:
@@ -250,20 +300,49 @@ class Snapshot(Protocol):
         """Those of ``token_hashes`` that still exist and have not expired."""
         ...
 
-    async def channels(self) -> list[tuple[str, str]]:
-        """(id, name) of every channel, oldest first."""
+    async def channels(self) -> list[ChannelRow]:
+        """Every channel, oldest first."""
         ...
 
     async def channel(self, channel_id: str) -> ChannelRow | None: ...
+
+    async def visible_channel(self, channel_id: str, user_id: str) -> ChannelRow | None:
+        """The channel if it exists and the user can see it (public, or a member)."""
+        ...
+
+    async def boot_channels(self, user_id: str) -> list[BootChannelRow]:
+        """The channels the user can see, oldest first, with read positions and
+        unread counts."""
+        ...
+
+    async def dm_members(self, user_id: str) -> list[tuple[str, str, str]]:
+        """(channel id, member id, member name) of the user's dm channels."""
+        ...
+
+    async def members(self, channel_id: str) -> list[tuple[str, str]]:
+        """(id, name) of the current members, by name."""
+        ...
+
+    async def intervals(
+        self, user_id: str | None, channel_ids: list[str] | None
+    ) -> list[IntervalRow]:
+        """Membership intervals of one user, or of some channels (every user)."""
+        ...
 
     async def messages(self, channel_id: str, before: int, limit: int) -> list[MessageRow]:
         """The newest ``limit`` messages of the channel with seq < before, newest first."""
         ...
 
     async def events(
-        self, after: int, upto: int, channels: frozenset[str] | None, limit: int
-    ) -> list[tuple[int, bytes]]:
-        """(seq, frame) of retained events in (after, upto], of ``channels`` if given."""
+        self, after: int, upto: int, channels: frozenset[str] | None, limit: int,
+        user_id: str | None = None,
+    ) -> list[EventRow]:
+        """Retained events in (after, upto], of ``channels`` if given.
+
+        With ``user_id``, leave out (in SQL) the events the user can never see:
+        account events of other users, and events of private and dm channels it
+        was never a member of. Whether it was a member *at each event's seq* is
+        decided by the caller from :meth:`intervals` (chatd.visibility)."""
         ...
 
     async def messages_after(self, channel_id: str, after: int, limit: int) -> list[MessageRow]:

@@ -19,7 +19,7 @@ from typing import TypeVar
 
 from . import rules, wire
 from .exceptions import StartupError
-from .ops import EventPage, Op, Published, Result, StoredUser
+from .ops import EventPage, Op, Published, Result, StoredUser, TailPage
 from .storage import Backend
 
 T = TypeVar("T")
@@ -116,18 +116,34 @@ class Store:
         async with self.backend.reader() as snap:
             return set(await snap.live_tokens(sorted(token_hashes), now_ms))
 
-    async def boot(self, user_id: str) -> tuple[int, wire.Me, list[wire.Channel]]:
+    async def boot(self, user_id: str) -> tuple[int, wire.Me, list[wire.BootChannel]]:
         async with self.backend.snapshot() as snap:
             return await rules.boot(snap, user_id)
 
     async def history(
-        self, channel_id: str, before: int | None, limit: int
+        self, channel_id: str, before: int | None, limit: int, user_id: str
     ) -> tuple[list[wire.Message], bool]:
+        """The user's view of a channel's history (not_found if it cannot see it)."""
         async with self.backend.snapshot() as snap:
-            return await rules.history(snap, channel_id, before, limit)
+            return await rules.history(snap, channel_id, user_id, before, limit)
+
+    async def members(self, channel_id: str, user_id: str) -> list[wire.User]:
+        async with self.backend.snapshot() as snap:
+            return await rules.members(snap, channel_id, user_id)
+
+    async def visible_channel(self, channel_id: str, user_id: str) -> wire.Channel:
+        """The channel if the user can see it; not_found otherwise."""
+        async with self.backend.reader() as snap:
+            return await rules.visible_channel(snap, channel_id, user_id)
 
     async def read_events(
-        self, after: int, channels: frozenset[str] | None, limit: int
+        self, after: int, channels: frozenset[str] | None, limit: int, user_id: str
     ) -> EventPage:
+        """A replay page: what ``user_id`` may see of the events after ``after``."""
         async with self.backend.snapshot() as snap:
-            return await rules.read_events(snap, after, channels, limit)
+            return await rules.read_events(snap, after, channels, limit, user_id)
+
+    async def tail_events(self, after: int, limit: int) -> TailPage:
+        """Every event after ``after``, with audiences (a node tailing a shared database)."""
+        async with self.backend.snapshot() as snap:
+            return await rules.tail_events(snap, after, limit)

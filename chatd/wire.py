@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 import msgspec
-from msgspec import Meta, Struct
+from msgspec import UNSET, Meta, Struct, UnsetType
 
 MAX_SEQ = 2**63 - 1
 
@@ -59,10 +59,34 @@ class Boot(Command, tag="boot"):
 
 class CreateChannel(Command, tag="create_channel"):
     name: str
+    private: bool = False
 
 
 class DeleteChannel(Command, tag="delete_channel"):
     channel: str
+
+
+class OpenDm(Command, tag="open_dm"):
+    user: str
+
+
+class AddMember(Command, tag="add_member"):
+    channel: str
+    user: str
+
+
+class RemoveMember(Command, tag="remove_member"):
+    channel: str
+    user: str
+
+
+class Members(Command, tag="members"):
+    channel: str
+
+
+class MarkRead(Command, tag="mark_read"):
+    channel: str
+    seq: Seq
 
 
 class Send(Command, tag="send"):
@@ -139,6 +163,11 @@ AnyCommand = (
     | Boot
     | CreateChannel
     | DeleteChannel
+    | OpenDm
+    | AddMember
+    | RemoveMember
+    | Members
+    | MarkRead
     | Send
     | DeleteMessage
     | EditMessage
@@ -157,7 +186,8 @@ AnyCommand = (
 
 #: Commands that need a logged-in connection.
 NEEDS_LOGIN: frozenset[type[Command]] = frozenset(
-    {Logout, Boot, CreateChannel, DeleteChannel, Send, DeleteMessage, EditMessage, History,
+    {Logout, Boot, CreateChannel, DeleteChannel, OpenDm, AddMember, RemoveMember, Members,
+     MarkRead, Send, DeleteMessage, EditMessage, History,
      Subscribe,
      Unsubscribe, ChangePassword, Users, CreateInvite, ListInvites, RevokeInvite, SetRole,
      DeactivateUser, ReactivateUser}
@@ -198,9 +228,32 @@ class Invite(Struct, kw_only=True, omit_defaults=True):
     created_by: User
 
 
+ChannelKind = Literal["public", "private", "dm"]
+
+
 class Channel(Struct):
+    """A channel on the wire: always with its ``kind`` (no omit_defaults here, so
+    ``"kind":"public"`` is written too; the default is there so that frames
+    stored before schema version 4, which have none and were all public, still
+    decode). ``members`` only where the contract shows a dm's members (its
+    ``channel.created``, ``open_dm``'s reply): UNSET is never written."""
+
     id: str
     name: str
+    kind: str = "public"
+    members: list[User] | UnsetType = UNSET
+
+
+class BootChannel(Struct, kw_only=True, omit_defaults=True):
+    """A channel in ``boot``: with the user's read position and unread count
+    (dm channels also with their members)."""
+
+    id: str
+    name: str
+    kind: str
+    read_seq: int
+    unread: int
+    members: list[User] | None = None
 
 
 class Message(Struct, omit_defaults=True):
@@ -230,7 +283,8 @@ class EventMessage(Struct, omit_defaults=True):
 # --------------------------------------------------------------- server frames
 
 EventKind = Literal[
-    "channel.created", "channel.deleted", "message.sent", "message.edited", "message.deleted"
+    "channel.created", "channel.deleted", "message.sent", "message.edited", "message.deleted",
+    "member.added", "member.removed", "read.updated",
 ]
 
 
@@ -242,6 +296,12 @@ class Event(Struct, tag_field="type", tag="event", omit_defaults=True):
     channel: Channel
     sender: User | None = None
     message: EventMessage | None = None
+    #: member.added / member.removed: who, and by whom
+    user: User | None = None
+    by: User | None = None
+    #: read.updated
+    read_seq: int | None = None
+    unread: int | None = None
 
 
 class Error(Struct, tag_field="type", tag="error", omit_defaults=True):
@@ -274,13 +334,35 @@ class BootOk(Ok, tag="ok"):
     user: Me
     epoch: str
     resume_point: int
-    channels: list[Channel]
+    channels: list[BootChannel]
 
 
 class ChannelOk(Ok, tag="ok"):
     """The reply to create_channel and delete_channel."""
 
     channel: Channel
+
+
+class OpenDmOk(Ok, tag="ok"):
+    channel: Channel
+    created: bool
+
+
+class MemberOk(Ok, tag="ok"):
+    """The reply to add_member and remove_member."""
+
+    channel: Channel
+    user: User
+
+
+class MembersOk(Ok, tag="ok"):
+    members: list[User]
+
+
+class MarkReadOk(Ok, tag="ok"):
+    channel: Channel
+    read_seq: int
+    unread: int
 
 
 class SendOk(Ok, tag="ok"):

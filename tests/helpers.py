@@ -241,9 +241,29 @@ def check_event(ev: dict[str, Any]) -> None:
 
 
 def check_channel(ch: Any) -> None:
-    assert isinstance(ch, dict) and set(ch) == {"id", "name"}, ch
+    assert isinstance(ch, dict), ch
+    assert set(ch) == ({"id", "name", "kind", "members"} if "members" in ch
+                       else {"id", "name", "kind"}), ch
     assert isinstance(ch["id"], str) and ch["id"].startswith("C"), ch
     assert isinstance(ch["name"], str) and ch["name"], ch
+    assert ch["kind"] in ("public", "private", "dm"), ch
+    if "members" in ch:
+        assert ch["kind"] == "dm", ch
+        for u in ch["members"]:
+            check_user(u)
+
+
+def check_boot_channel(ch: Any) -> None:
+    """A channel as boot shows it: with read_seq and unread."""
+    assert isinstance(ch, dict), ch
+    assert isinstance(ch.get("read_seq"), int) and ch["read_seq"] >= 0, ch
+    assert isinstance(ch.get("unread"), int) and ch["unread"] >= 0, ch
+    check_channel(plain_channel(ch))
+
+
+def plain_channel(ch: dict[str, Any]) -> dict[str, Any]:
+    """A boot channel without the user's read position and unread count."""
+    return {k: v for k, v in ch.items() if k not in ("read_seq", "unread")}
 
 
 def check_user(u: Any) -> None:

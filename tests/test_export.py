@@ -58,7 +58,8 @@ async def test_export_users_channels_and_messages(served: Daemon, tmp_path: Path
     assert got[:2] == users, "users come first"
     want: list[dict[str, Any]] = []
     for channel in (general, random):
-        want.append({"type": "channel", "id": channel["id"], "name": channel["name"]})
+        want.append({"type": "channel", "id": channel["id"], "name": channel["name"],
+                     "kind": "public"})
         want += [{"type": "message", "channel": channel["id"], **m}
                  for m in history[channel["id"]]]
     assert got[2:] == want

@@ -67,14 +67,14 @@ async def test_a_later_seq_never_commits_before_an_earlier_one(stores: list[Stor
         later = asyncio.ensure_future(b.apply([SendOp(me, channel.id, "later", None)], 2000))
         await asyncio.sleep(0.5 * UNIT)
         assert not later.done(), "a second writer committed while the first held the counter"
-        page = await reader.read_events(0, None, 100)
+        page = await reader.read_events(0, None, 100, "Uanyone")
         assert page.upto == 1 and [s for s, _ in page.events] == [1]
     finally:
         release.set()
     n = await held
     _, events = await later
     assert [e.seq for e in events] == [n + 1]
-    page = await reader.read_events(0, None, 100)
+    page = await reader.read_events(0, None, 100, "Uanyone")
     assert [s for s, _ in page.events] == [1, n, n + 1] and page.upto == n + 1
 
 
@@ -102,7 +102,7 @@ async def test_concurrent_writers_unique_seqs_and_no_visible_gap(stores: list[St
     async def read() -> int:
         after, polls = 1, 0
         while writing or after < 1 + 2 * rounds * per_batch:
-            page = await reader.read_events(after, None, 10_000)
+            page = await reader.read_events(after, None, 10_000, "Uanyone")
             seqs = [s for s, _ in page.events]
             assert seqs == list(range(after + 1, page.upto + 1)), (after, page.upto, seqs)
             after, polls = page.upto, polls + 1
@@ -116,7 +116,7 @@ async def test_concurrent_writers_unique_seqs_and_no_visible_gap(stores: list[St
     polls = await polling
     assert polls > 1
     assert sorted(seqs_a + seqs_b) == list(range(2, 2 + 2 * rounds * per_batch))
-    page = await reader.read_events(0, None, 10_000)
+    page = await reader.read_events(0, None, 10_000, "Uanyone")
     times = [msgspec.json.decode(f, type=wire.Event).at for _, f in page.events]
     assert times == sorted(times), "times go back along the seqs"
 
@@ -150,7 +150,7 @@ async def test_a_failure_in_buffered_rows_is_its_operations(stores: list[Store])
     for _ in range(3):
         failed = await a.backend.run_on_writer(lambda: a.backend.write_here(batch))
         assert failed == [False, True] * 8
-    page = await a.read_events(0, None, 100)
+    page = await a.read_events(0, None, 100, "Uanyone")
     assert [s for s, _ in page.events] == list(range(1, 26)) and page.upto == 25
 
 
@@ -160,16 +160,16 @@ async def test_cancelled_reads_leave_the_pool_usable(stores: list[Store]) -> Non
     me, channel = await _channel(a)
     await a.apply([SendOp(me, channel.id, f"m{i}", None) for i in range(200)], 2000)
     for i in range(60):  # cancelled after 0, 1, 2, ... turns of the loop: at every await
-        task = asyncio.ensure_future(a.history(channel.id, None, 200))
+        task = asyncio.ensure_future(a.history(channel.id, None, 200, "Uanyone"))
         for _ in range(i):
             await asyncio.sleep(0)
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
     for _ in range(6):
-        messages, _ = await a.history(channel.id, None, 200)
+        messages, _ = await a.history(channel.id, None, 200, "Uanyone")
         assert len(messages) == 200
-        page = await a.read_events(0, frozenset(), 10)
+        page = await a.read_events(0, frozenset(), 10, "Uanyone")
         assert page.events == [] and page.upto == 201
 
 
@@ -243,7 +243,7 @@ async def test_connections_lost_are_made_again(stores: list[Store]) -> None:
     (sent,), _ = await a.apply([SendOp(me, channel.id, "after", None)], 3000)
     assert isinstance(sent, Sent) and sent.message.seq == 2
     for _ in range(4):  # every pooled connection
-        page = await a.read_events(0, None, 10)
+        page = await a.read_events(0, None, 10, "Uanyone")
         assert [s for s, _ in page.events] == [1, 2]
 
 

@@ -93,7 +93,7 @@ def decoded(events: list[Published]) -> list[wire.Event]:
 
 async def replay(store: Store, after: int = 0, channels: frozenset[str] | None = None
                  ) -> list[wire.Event]:
-    page = await store.read_events(after, channels, 10_000)
+    page = await store.read_events(after, channels, 10_000, "Uanyone")
     return [msgspec.json.decode(f, type=wire.Event) for _, f in page.events]
 
 
@@ -118,7 +118,7 @@ async def test_batch_commits_refusals_alone(opened: OpenStore) -> None:
     assert isinstance(first, Sent) and isinstance(two, Sent)
     assert again == first
     assert [e.seq for e in events] == [2, 3]
-    messages, more = await store.history(channel.id, None, 10)
+    messages, more = await store.history(channel.id, None, 10, "Uanyone")
     assert [m.body for m in messages] == ["one", "two"] and not more
     assert (await store.position())[0] == 3
 
@@ -140,7 +140,7 @@ async def test_unexpected_failure_fails_only_its_operation(opened: OpenStore) ->
     assert isinstance(results[0], Sent) and isinstance(results[2], Sent)
     assert isinstance(results[1], InternalError)
     assert [e.seq for e in events] == [2, 3]
-    messages, _ = await store.history(channel.id, None, 10)
+    messages, _ = await store.history(channel.id, None, 10, "Uanyone")
     assert [m.body for m in messages] == ["before", "after"]
     # the rules' caches survived the rollback of the first attempt
     later = await one(store, SendOp(me, channel.id, "later", None), 3000)
@@ -253,7 +253,8 @@ async def test_channel_names_and_deletion_rights(opened: OpenStore) -> None:
         await one(store, DeleteMessageOp(a, sent.message.id))
     with pytest.raises(NotFound):
         await one(store, DeleteMessageOp(b, "Mnope"))
-    assert [m.id for m in (await store.history(channel.id, None, 10))[0]] == [sent.message.id]
+    history = (await store.history(channel.id, None, 10, "Uanyone"))[0]
+    assert [m.id for m in history] == [sent.message.id]
     # an admin may delete any message and any channel
     assert await one(store, DeleteMessageOp(admin, sent.message.id)) == (sent.message.id, channel)
     assert await one(store, DeleteChannelOp(admin, channel.id)) == channel
@@ -276,12 +277,12 @@ async def test_delete_channel_cascades_and_bodies_leave_the_replay(opened: OpenS
         ("channel.deleted", None),
     ]
     with pytest.raises(NotFound):
-        await store.history(channel.id, None, 10)
+        await store.history(channel.id, None, 10, "Uanyone")
     with pytest.raises(NotFound):
         await one(store, SendOp(me, channel.id, "late", None))
     seq, me_as_booted, channels = await store.boot(me.id)
     assert me_as_booted == wire.Me(me.id, me.name, "admin")
-    assert channels == [other] and seq == events[-1].seq
+    assert [c.id for c in channels] == [other.id] and seq == events[-1].seq
     stream = await replay(store)
     bodies = [e.message.body for e in stream if e.message and e.message.body]
     assert bodies == ["kept"], "deleted bodies are gone from the event log"
@@ -320,14 +321,14 @@ async def test_any_text_comes_back_exactly_and_odd_ids_find_nothing(
     first = await one(store, SendOp(me, channel.id, body, "n\x00\U0001f600"), 2000)
     again = await one(store, SendOp(me, channel.id, "retry", "n\x00\U0001f600"), 3000)
     assert again == first and first.message.body == body
-    assert [m.body for m in (await store.history(channel.id, None, 10))[0]] == [body]
+    assert [m.body for m in (await store.history(channel.id, None, 10, "Uanyone"))[0]] == [body]
     with pytest.raises(NotFound):
         await one(store, SendOp(me, channel.id + "\x00", "x", None))
     with pytest.raises(NotFound):
         await one(store, DeleteMessageOp(me, first.message.id + "\x00"))
     with pytest.raises(NotFound):
-        await store.history("C\x00", None, 10)
-    page = await store.read_events(0, frozenset({"C\x00", channel.id}), 10)
+        await store.history("C\x00", None, 10, "Uanyone")
+    page = await store.read_events(0, frozenset({"C\x00", channel.id}), 10, "Uanyone")
     assert [s for s, _ in page.events] == [1, 2]
     assert await store.user_by_name("alice\x00") is None
 
@@ -376,7 +377,7 @@ async def test_edits_keep_only_the_latest_body_everywhere(opened: OpenStore) -> 
     assert live.kind == "message.edited" and live.sender == me
     assert live.message == wire.EventMessage(first.message.id, "third text", wire.format_at(4000))
     # history and every replayed frame that carries the body show the latest one
-    (h1, h2), _ = await store.history(channel.id, None, 10)
+    (h1, h2), _ = await store.history(channel.id, None, 10, "Uanyone")
     assert (h1.body, h1.edited_at) == ("third text", wire.format_at(4000))
     assert h2 == other.message and h2.edited_at is None
     carrying = [e for e in await replay(store) if e.message and e.message.id == first.message.id]
@@ -403,11 +404,11 @@ async def test_history_pages(opened: OpenStore) -> None:
     channel = await one(store, CreateChannelOp(me, "g", "g"))
     sent = [await one(store, SendOp(me, channel.id, f"m{i}", None)) for i in range(7)]
     seqs = [s.message.seq for s in sent]
-    page, more = await store.history(channel.id, None, 3)
+    page, more = await store.history(channel.id, None, 3, "Uanyone")
     assert [m.seq for m in page] == seqs[-3:] and more
-    page, more = await store.history(channel.id, page[0].seq, 3)
+    page, more = await store.history(channel.id, page[0].seq, 3, "Uanyone")
     assert [m.seq for m in page] == seqs[1:4] and more
-    page, more = await store.history(channel.id, page[0].seq, 3)
+    page, more = await store.history(channel.id, page[0].seq, 3, "Uanyone")
     assert [m.seq for m in page] == seqs[:1] and not more
     assert page[0] == sent[0].message
 
@@ -420,10 +421,10 @@ async def test_read_events_pages_filters_and_snapshot_position(opened: OpenStore
     for i in range(5):
         await one(store, SendOp(me, a.id, f"a{i}", None))
         await one(store, SendOp(me, b.id, f"b{i}", None))
-    page = await store.read_events(0, None, 4)
+    page = await store.read_events(0, None, 4, "Uanyone")
     assert [s for s, _ in page.events] == [1, 2, 3, 4] and page.upto == 12
     assert page.horizon == 0
-    page = await store.read_events(4, frozenset({b.id, "Cdeleted-long-ago"}), 100)
+    page = await store.read_events(4, frozenset({b.id, "Cdeleted-long-ago"}), 100, "Uanyone")
     assert [s for s, _ in page.events] == [6, 8, 10, 12]
     assert {e.channel.id for e in await replay(store, 0, frozenset({a.id}))} == {a.id}
 
@@ -454,7 +455,7 @@ async def test_expiry_messages_channels_events_and_horizon(opened: OpenStore) ->
     assert done.horizon == 2
     seq, horizon = await store.position()
     assert horizon == done.horizon and seq == events[-1].seq
-    assert [m.body for m in (await store.history(busy.id, None, 10))[0]] == ["late"]
+    assert [m.body for m in (await store.history(busy.id, None, 10, "Uanyone"))[0]] == ["late"]
     assert (await replay(store))[0].seq == late.message.seq
     assert await store.user_by_token(b"x" * 32, 1000) is None, "the expired token is gone"
     # the nonce expired with its message's day: the same nonce makes a new message
@@ -476,7 +477,7 @@ async def test_expiry_rounds_are_bounded(opened: OpenStore) -> None:
         if not done.more:
             break
     assert rounds == [2, 2, 1]
-    assert [m.body for m in (await store.history(channel.id, None, 10))[0]] == ["new"]
+    assert [m.body for m in (await store.history(channel.id, None, 10, "Uanyone"))[0]] == ["new"]
 
 
 # ------------------------------------------------------------------ accounts

@@ -259,7 +259,7 @@ async def test_a_version_1_postgresql_database_migrates(pg_url: str) -> None:
                 (ids["bob"], "bob", "member", True),
                 (ids["carol"], "carol", "member", True),
             ]
-        messages, _ = await store.history("Cg", None, 10)
+        messages, _ = await store.history("Cg", None, 10, "Uanyone")
         assert [m.body for m in messages] == ["one", "two"]
     finally:
         await store.close()

@@ -85,7 +85,7 @@ async def test_concurrent_sends_commit_in_groups_published_before_acked(h: Harne
     assert all(acked_after_publish)
     assert max(h.batches) > 1, "a burst of sends was committed in groups"
     assert sum(h.batches) == 502
-    messages, _ = await h.store.history(h.channel, None, 1000)
+    messages, _ = await h.store.history(h.channel, None, 1000, "Uanyone")
     assert [m.body for m in messages] == [f"m{i}" for i in range(500)]
 
 
@@ -98,7 +98,7 @@ async def test_a_failed_commit_fails_its_batch_only(tmp_path: Path) -> None:
             await h.writer.submit(h.send("boom"))
         ok_after = await h.writer.submit(h.send("after"))
         assert ok_after.message.seq == ok_before.message.seq + 1, "nothing of the failed batch"
-        messages, _ = await h.store.history(h.channel, None, 10)
+        messages, _ = await h.store.history(h.channel, None, 10, "Uanyone")
         assert [m.body for m in messages] == ["before", "after"]
     finally:
         await h.writer.close()
@@ -116,7 +116,7 @@ async def test_overload_is_refused_not_queued(tmp_path: Path) -> None:
         stored = [o for o in outcomes if isinstance(o, Sent)]
         assert refused and stored and len(refused) + len(stored) == 200
         assert all("overloaded" in str(o) for o in refused)
-        messages, _ = await h.store.history(h.channel, None, 1000)
+        messages, _ = await h.store.history(h.channel, None, 1000, "Uanyone")
         assert sorted(m.seq for m in messages) == sorted(s.message.seq for s in stored)
     finally:
         await h.writer.close()
@@ -131,5 +131,5 @@ async def test_close_commits_what_is_pending_then_refuses(h: Harness) -> None:
     assert [p.result().message.body for p in pending] == [f"m{i}" for i in range(50)]
     with pytest.raises(Unavailable, match="shutting down"):
         await h.writer.submit(h.send("late"))
-    messages, _ = await h.store.history(h.channel, None, 100)
+    messages, _ = await h.store.history(h.channel, None, 100, "Uanyone")
     assert len(messages) == 50

@@ -22,7 +22,7 @@ class Node:
     def __init__(self, store: Store) -> None:
         self.store = store
         self.published: list[Published] = []
-        self.feed = TailFeed(store.read_events, self.published.extend, cursor=0,
+        self.feed = TailFeed(store.tail_events, self.published.extend, cursor=0,
                              poll_interval=0.05, page_size=3)
 
     async def commit(self, *ops: Any) -> tuple[list[Any], list[Published]]:
@@ -92,10 +92,10 @@ async def test_a_failing_read_retries_from_the_same_cursor(tmp_path: Path) -> No
     published: list[int] = []
     health: list[bool] = []
 
-    async def read(after: int, channels: frozenset[str] | None, limit: int) -> Any:
+    async def read(after: int, limit: int) -> Any:
         if fail:
             raise OSError("the database is unreachable")
-        return await store.read_events(after, channels, limit)
+        return await store.tail_events(after, limit)
 
     feed = TailFeed(read, lambda es: published.extend(e.seq for e in es), cursor=0,
                     poll_interval=0.02, on_health=health.append)
