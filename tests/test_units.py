@@ -92,7 +92,7 @@ def test_event_omits_absent_fields() -> None:
                     message=wire.EventMessage("M1"))
     assert msgspec.json.decode(wire.encode(ev)) == {
         "type": "event", "seq": 3, "at": "2026-01-01T00:00:00.000Z", "kind": "message.deleted",
-        "channel": {"id": "C1", "name": "g"}, "message": {"id": "M1"},
+        "channel": {"id": "C1", "name": "g", "kind": "public"}, "message": {"id": "M1"},
     }
 
 
