@@ -27,8 +27,8 @@ The walk runs on sqlite, on PostgreSQL, and on sqlite with the daemon killed
 from __future__ import annotations
 
 import asyncio
-import os
 import contextlib
+import os
 import random
 from dataclasses import dataclass, field
 from typing import Any
@@ -250,8 +250,6 @@ class Walk:
 
     async def request(self, u: int, op: str, **args: Any) -> dict[str, Any]:
         self.n += 1
-        if os.environ.get("DBG"):
-            print(self.n, u, op, args, flush=True)
         return await self.cmd[u].request(op, **args)
 
     def expect(self, reply: dict[str, Any], code: str | None, what: str) -> None:
