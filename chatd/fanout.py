@@ -38,6 +38,16 @@ The handover (PROTOCOL.md guarantee 3, and issue 2's race):
 A lagging subscriber leaves the live set with its cursor at the last event
 written and goes through the same catch-up, so lagging and resuming share one
 path.
+
+Ephemeral frames (typing, presence: :meth:`Hub.ephemeral`) are not events: no
+seq, no cursor, never read back from the store. They go to the subscriptions
+made with ``ephemeral`` (live or catching up, since they cannot disturb the seq
+order), each framed once and written straight away; a subscription that is
+lagging, or has more than half its buffer limit unsent, simply misses them, so
+they are never held for a slow reader and never push one into lagging. The hub
+keeps those subscriptions by user id, so a frame with an audience (the users
+who may see its channel) costs a lookup per audience member, not a scan of
+every connection.
 """
 
 from __future__ import annotations
@@ -58,15 +68,20 @@ CLOSE_TOO_SLOW = 4000
 
 
 class Subscription:
-    __slots__ = ("_task", "channels", "closed", "cursor", "hub", "lagging", "live", "sink")
+    __slots__ = ("_task", "channels", "closed", "cursor", "ephemeral", "hub", "lagging", "live",
+                 "sink", "user_id")
 
     def __init__(
-        self, hub: Hub, sink: Sink, channels: frozenset[str] | None, cursor: int
+        self, hub: Hub, sink: Sink, channels: frozenset[str] | None, cursor: int,
+        user_id: str | None = None, ephemeral: bool = False,
     ) -> None:
         self.hub = hub
         self.sink = sink
         self.channels = channels
         self.cursor = cursor
+        #: whose connection it is (the ephemeral frames' audience is by user)
+        self.user_id = user_id
+        self.ephemeral = ephemeral
         self.live = False
         #: caught up from the store because it read too slowly (not a plain replay).
         self.lagging = False
@@ -153,30 +168,43 @@ class Hub:
         self.poll_interval = poll_interval
         self.on_slow_close = on_slow_close
         self._live: dict[Subscription, None] = {}
+        #: user id -> that user's subscriptions made with ``ephemeral``
+        self._ephemeral: dict[str, dict[Subscription, None]] = {}
         self._closing: set[asyncio.Task[None]] = set()
         self.subscribers = 0
         self.lagging = 0
 
     def subscribe(
-        self, sink: Sink, channels: frozenset[str] | None, since: int | None
+        self, sink: Sink, channels: frozenset[str] | None, since: int | None,
+        user_id: str | None = None, ephemeral: bool = False,
     ) -> Subscription:
         """Start a subscription; the caller has already written the ``ok``.
 
         Without ``since`` it is live from ``last_seq`` at once; with it, it
-        catches up from the store first.
+        catches up from the store first. With ``ephemeral`` (and a user id) it
+        also gets the ephemeral frames.
         """
         self.subscribers += 1
+        sub = Subscription(self, sink, channels, self.last_seq if since is None else since,
+                           user_id, ephemeral and user_id is not None)
+        if sub.ephemeral:
+            assert user_id is not None
+            self._ephemeral.setdefault(user_id, {})[sub] = None
         if since is None:
-            sub = Subscription(self, sink, channels, self.last_seq)
             self.go_live(sub)
         else:
-            sub = Subscription(self, sink, channels, since)
             sub.catch_up()
         return sub
 
     def unsubscribe(self, sub: Subscription) -> None:
         if sub.closed:
             return
+        if sub.ephemeral and sub.user_id is not None:
+            subs = self._ephemeral.get(sub.user_id)
+            if subs is not None:
+                subs.pop(sub, None)
+                if not subs:
+                    del self._ephemeral[sub.user_id]
         self._live.pop(sub, None)
         sub.live = False
         self._set_lagging(sub, False)
@@ -232,3 +260,39 @@ class Hub:
             del self._live[sub]
             self._set_lagging(sub, True)
             sub.catch_up()
+
+    def ephemeral(
+        self,
+        frame: bytes,
+        audience: frozenset[str] | None,
+        channel_id: str | None = None,
+        exclude: Sink | None = None,
+    ) -> int:
+        """Write an encoded ephemeral frame to the ephemeral subscriptions of the
+        users in ``audience`` (None: of every user), but not to ``exclude`` (the
+        connection it came from) and not to a subscription whose ``channels``
+        filter leaves out ``channel_id``. Best effort (see the module docstring);
+        returns how many were written to."""
+        if audience is None:
+            groups = list(self._ephemeral.values())
+        else:
+            index = self._ephemeral
+            groups = [index[u] for u in audience if u in index]
+        if not groups:
+            return 0
+        data = text_frame(frame)
+        room = self.buffer_limit // 2
+        written = 0
+        for subs in groups:
+            for sub in subs:
+                sink = sub.sink
+                if sink is exclude or sub.lagging:
+                    continue
+                if channel_id is not None and sub.channels is not None \
+                        and channel_id not in sub.channels:
+                    continue
+                if sink.buffered() > room:
+                    continue
+                sink.write(data)
+                written += 1
+        return written

@@ -485,6 +485,22 @@ async def boot(snap: Snapshot, user_id: str) -> tuple[int, wire.Me, list[wire.Ch
     return seq, me, [wire.Channel(i, n) for i, n in await snap.channels()]
 
 
+async def typing_audience(
+    snap: Snapshot, channel_id: str, user_id: str
+) -> tuple[wire.Channel, frozenset[str] | None]:
+    """Who may receive ``user_id``'s typing in a channel: the one place that decides.
+
+    The channel as the frame shows it, and the ids of the users who may see it,
+    or None for every user (a public channel). NotFound when the channel does not
+    exist or ``user_id`` cannot see it, as for any command that names it.
+    """
+    row = await snap.channel(channel_id)
+    if row is None:
+        raise NotFound(f"channel: no channel {channel_id!r}")
+    # Every channel is public for now: membership will narrow this to its members.
+    return wire.Channel(row[0], row[1]), None
+
+
 async def users(snap: Snapshot) -> list[wire.Account]:
     return [wire.Account(i, n, r, bool(a)) for i, n, r, a in await snap.users()]
 
