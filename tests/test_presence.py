@@ -7,11 +7,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import AsyncGenerator
 from typing import Any
 
+from chatd import wire
+from chatd.client import Client
+
 from .helpers import (
+    PASSWORD,
     client,
     server_log_guard,  # noqa: F401  (autouse: no traceback in the daemon log)
+    wait_for,
 )
 from .support import UNIT, WS
 
@@ -169,3 +175,51 @@ async def test_a_killed_node_s_users_go_offline(make_daemon: Any, pg_url: str) -
         assert took < 4 * UNIT, took
         assert dora["id"] not in (await alice.ok("boot"))["online"]
         assert alice.me["user"]["id"] in (await alice.ok("boot"))["online"]
+
+
+# ------------------------------------------------------------------ the client library
+
+
+async def test_client_library_typing_and_presence(make_daemon: Any) -> None:
+    d = await make_daemon(*FAST)
+    async with Client(d.url, name="alice", password=PASSWORD) as alice, \
+            Client(d.url, name="bob", password=PASSWORD) as bob:
+        channel = (await alice.create_channel("general")).channel
+        alice_id = (await alice.boot()).user.id
+        bob_id = (await bob.boot()).user.id
+        got: list[Any] = []
+
+        async def collect(stream: AsyncGenerator[Any, None]) -> None:
+            async for item in stream:
+                got.append(item)
+                if isinstance(item, wire.EphemeralTyping):
+                    return
+
+        events = bob.events(ephemeral=True)
+        first = asyncio.ensure_future(collect(events))
+        # the consumer's first step subscribes: wait until it has
+        await wait_for(lambda: bob.position is not None and bob.position[1] is not None,
+                       what="bob subscribed")
+        async with Client(d.url, name="carol", password=PASSWORD) as carol:
+            boot = await carol.boot()
+            assert boot.online == sorted([alice_id, bob_id, boot.user.id])
+            await wait_for(lambda: any(isinstance(i, wire.EphemeralPresence) for i in got),
+                           what="carol's presence")
+        await alice.typing(channel.id)
+        await asyncio.wait_for(first, 10 * UNIT)
+        await events.aclose()
+        presence = [i for i in got if isinstance(i, wire.EphemeralPresence)]
+        assert presence[0] == wire.EphemeralPresence(user=wire.User(boot.user.id, "carol"),
+                                                     online=True)
+        assert got[-1] == wire.EphemeralTyping(channel=channel,
+                                               user=wire.User(alice_id, "alice"))
+        plain = alice.events()
+        nxt = asyncio.ensure_future(anext(plain))
+        await wait_for(lambda: alice.position is not None and alice.position[1] is not None,
+                       what="alice subscribed")
+        await bob.typing(channel.id)
+        sent = await bob.send(channel.id, "hello")
+        item = await asyncio.wait_for(nxt, 10 * UNIT)
+        assert isinstance(item, wire.Event) and item.seq == sent.message.seq, (
+            "without ephemeral=True the stream has events only")
+        await plain.aclose()
