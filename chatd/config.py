@@ -130,6 +130,9 @@ class Config:
     typing_interval: float = flag(
         1.0, "duration", "forward at most one typing per user and channel this often",
         hidden=True)
+    #: how long typing and presence frames are gathered before they are written,
+    #: one write per connection (chatd.fanout): fewer writes in a typing storm.
+    ephemeral_flush: float = no_flag(0.05)
     presence_heartbeat: float = flag(
         1.0, "duration", "with PostgreSQL: how often each node renews its heartbeat and "
         "re-reads who is online on the other nodes")

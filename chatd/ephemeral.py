@@ -142,7 +142,6 @@ class Ephemeral:
         self._pending: dict[str, wire.User | None] = {}
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
-        self.frames = 0
 
     # ---------------------------------------------------------------- typing
 
@@ -153,7 +152,7 @@ class Ephemeral:
         if not self._may_forward(user.id, channel_id):
             return
         frame = wire.encode(wire.EphemeralTyping(channel=channel, user=user))
-        self.frames += self.hub.ephemeral(frame, audience, channel_id, exclude=sink)
+        self.hub.ephemeral(frame, audience, channel_id, exclude=sink)
         if self._cluster is not None:
             notice = TypingNotice(self.node_id, channel_id, user.id, msgspec.Raw(frame))
             try:
@@ -211,7 +210,7 @@ class Ephemeral:
         except NotFound:  # deleted meanwhile, or not visible to the user here
             return
         if self._may_forward(notice.user, notice.channel):
-            self.frames += self.hub.ephemeral(bytes(notice.frame), audience, notice.channel)
+            self.hub.ephemeral(bytes(notice.frame), audience, notice.channel)
 
     # ---------------------------------------------------------------- presence
 
@@ -243,7 +242,7 @@ class Ephemeral:
 
     def _announce(self, user: wire.User, online: bool) -> None:
         frame = wire.encode(wire.EphemeralPresence(user=user, online=online))
-        self.frames += self.hub.ephemeral(frame, None)
+        self.hub.ephemeral(frame, None)
 
     def _changed(self, user_id: str, user: wire.User | None) -> None:
         if self._cluster is not None:

@@ -42,9 +42,10 @@ path.
 Ephemeral frames (typing, presence: :meth:`Hub.ephemeral`) are not events: no
 seq, no cursor, never read back from the store. They go to the subscriptions
 made with ``ephemeral`` (live or catching up, since they cannot disturb the seq
-order), each framed once and written straight away; a subscription that is
-lagging, or has more than half its buffer limit unsent, simply misses them, so
-they are never held for a slow reader and never push one into lagging. The hub
+order), each framed once, gathered for a few milliseconds and written with one
+write per subscription; a subscription that is lagging, or has more than half
+its buffer limit unsent, simply misses them, so they are never held for a slow
+reader and never push one into lagging. The hub
 keeps those subscriptions by user id, so a frame with an audience (the users
 who may see its channel) costs a lookup per audience member, not a scan of
 every connection.
@@ -159,6 +160,7 @@ class Hub:
         page_size: int = 1000,
         poll_interval: float = 0.02,
         on_slow_close: Callable[[], None] = lambda: None,
+        ephemeral_delay: float = 0.0,
     ) -> None:
         self.last_seq = last_seq
         self.read_events = read_events
@@ -170,6 +172,11 @@ class Hub:
         self._live: dict[Subscription, None] = {}
         #: user id -> that user's subscriptions made with ``ephemeral``
         self._ephemeral: dict[str, dict[Subscription, None]] = {}
+        self.ephemeral_delay = ephemeral_delay
+        self._pending: list[tuple[bytes, frozenset[str] | None, str | None, Sink | None]] = []
+        self._flush: asyncio.TimerHandle | None = None
+        #: ephemeral frames written so far (each counted once per connection)
+        self.ephemeral_frames = 0
         self._closing: set[asyncio.Task[None]] = set()
         self.subscribers = 0
         self.lagging = 0
@@ -267,32 +274,57 @@ class Hub:
         audience: frozenset[str] | None,
         channel_id: str | None = None,
         exclude: Sink | None = None,
-    ) -> int:
-        """Write an encoded ephemeral frame to the ephemeral subscriptions of the
+    ) -> None:
+        """Send an encoded ephemeral frame to the ephemeral subscriptions of the
         users in ``audience`` (None: of every user), but not to ``exclude`` (the
         connection it came from) and not to a subscription whose ``channels``
-        filter leaves out ``channel_id``. Best effort (see the module docstring);
-        returns how many were written to."""
-        if audience is None:
-            groups = list(self._ephemeral.values())
-        else:
-            index = self._ephemeral
-            groups = [index[u] for u in audience if u in index]
-        if not groups:
-            return 0
-        data = text_frame(frame)
+        filter leaves out ``channel_id``. Best effort (see the module docstring).
+
+        Frames are gathered for ``ephemeral_delay`` seconds and then written with
+        one write per subscription: a typing storm costs a write per subscriber
+        per flush rather than per frame (a notice shown for seconds does not
+        mind 50 ms). The audience is looked up at the flush, so a subscription
+        that ended meanwhile is not written to. With no delay, now.
+        """
+        self._pending.append((text_frame(frame), audience, channel_id, exclude))
+        if self.ephemeral_delay <= 0:
+            self.flush_ephemeral()
+        elif self._flush is None:
+            self._flush = asyncio.get_running_loop().call_later(
+                self.ephemeral_delay, self.flush_ephemeral)
+
+    def flush_ephemeral(self) -> None:
+        """Write the ephemeral frames gathered so far."""
+        if self._flush is not None:
+            self._flush.cancel()
+            self._flush = None
+        pending, self._pending = self._pending, []
+        index = self._ephemeral
+        out: dict[Subscription, list[bytes]] = {}
+        for data, audience, channel_id, exclude in pending:
+            if audience is None:
+                groups = list(index.values())
+            else:
+                groups = [index[u] for u in audience if u in index]
+            for subs in groups:
+                for sub in subs:
+                    if sub.sink is exclude:
+                        continue
+                    if channel_id is not None and sub.channels is not None \
+                            and channel_id not in sub.channels:
+                        continue
+                    frames = out.get(sub)
+                    if frames is None:
+                        out[sub] = [data]
+                    else:
+                        frames.append(data)
         room = self.buffer_limit // 2
         written = 0
-        for subs in groups:
-            for sub in subs:
-                sink = sub.sink
-                if sink is exclude or sub.lagging:
-                    continue
-                if channel_id is not None and sub.channels is not None \
-                        and channel_id not in sub.channels:
-                    continue
-                if sink.buffered() > room:
-                    continue
-                sink.write(data)
-                written += 1
-        return written
+        for sub, frames in out.items():
+            # Events first: a subscription being caught up, or short of room,
+            # goes without.
+            if sub.lagging or sub.sink.buffered() > room:
+                continue
+            sub.sink.write(frames[0] if len(frames) == 1 else b"".join(frames))
+            written += len(frames)
+        self.ephemeral_frames += written

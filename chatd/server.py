@@ -81,6 +81,7 @@ class App:
             slow_timeout=self.config.slow_reader_timeout,
             page_size=self.config.replay_batch,
             on_slow_close=self.metrics.slow_closed.inc,
+            ephemeral_delay=cfg.ephemeral_flush,
         )
         self.ephemeral = Ephemeral(cfg, self.store, self.hub, self.clock)
         self.feed: LocalFeed | TailFeed

@@ -55,6 +55,8 @@ async def node(tmp_path: Path) -> AsyncIterator[Callable[..., Any]]:
     made: list[Node] = []
 
     async def make(clock: Callable[[], float] | None = None, **config: Any) -> Node:
+        # Written at once (no gathering): the tests look right after each command.
+        config.setdefault("ephemeral_flush", 0.0)
         cfg = Config(db=str(tmp_path / "unit.db"), scrypt_n=1024, **config)
         app = App(cfg, open_store(cfg.db), clock=clock or Clock())
         await app.start()
@@ -250,15 +252,17 @@ async def test_deactivated_user_goes_offline(node: Any) -> None:
 
 
 class CountingSink:
-    """A sink that counts how often the hub even looked at it."""
+    """A sink that counts how often the hub even looked at it, and its writes."""
 
     def __init__(self, unsent: int = 0) -> None:
         self.data = b""
         self.looked = 0
+        self.writes = 0
         self.unsent = unsent
 
     def write(self, frames: bytes) -> None:
         self.data += frames
+        self.writes += 1
 
     def send(self, payload: bytes) -> None:
         raise AssertionError("the hub writes framed bytes")
@@ -287,14 +291,16 @@ async def test_hub_delivers_to_the_audience_by_user_id_only() -> None:
     plain = CountingSink()
     hub.subscribe(plain, None, None, "U1", ephemeral=False)
     frame = b'{"type":"ephemeral","kind":"typing"}'
-    assert hub.ephemeral(frame, frozenset({"U1", "U7", "Unobody"}), "C1") == 2
+    hub.ephemeral(frame, frozenset({"U1", "U7", "Unobody"}), "C1")
+    assert hub.ephemeral_frames == 2
     for uid, sink in sinks.items():
         if uid in ("U1", "U7"):
             assert sink.data == bytes((0x81, len(frame))) + frame
         else:
             assert (sink.data, sink.looked) == (b"", 0), f"{uid} was looked at"
     assert plain.data == b""
-    assert hub.ephemeral(frame, None) == 200
+    hub.ephemeral(frame, None)
+    assert hub.ephemeral_frames == 202
 
 
 async def test_hub_skips_slow_and_lagging_readers_and_keeps_cursors() -> None:
@@ -302,13 +308,32 @@ async def test_hub_skips_slow_and_lagging_readers_and_keeps_cursors() -> None:
     fast, slow = CountingSink(), CountingSink(unsent=501)
     sub_fast = hub.subscribe(fast, None, None, "U1", ephemeral=True)
     sub_slow = hub.subscribe(slow, None, None, "U2", ephemeral=True)
-    assert hub.ephemeral(b"{}", None) == 1
+    hub.ephemeral(b"{}", None)
+    assert hub.ephemeral_frames == 1
     assert (fast.data, slow.data) == (b"\x81\x02{}", b"")
     assert (sub_fast.cursor, sub_slow.cursor, hub.last_seq) == (5, 5, 5)
     hub.unsubscribe(sub_fast)
-    assert hub.ephemeral(b"{}", None) == 0
+    hub.ephemeral(b"{}", None)
     hub.unsubscribe(sub_slow)
-    assert hub.ephemeral(b"{}", frozenset({"U1", "U2"})) == 0
+    hub.ephemeral(b"{}", frozenset({"U1", "U2"}))
+    assert hub.ephemeral_frames == 1
+
+
+async def test_hub_gathers_ephemeral_frames_into_one_write() -> None:
+    hub = Hub(0, _no_events, buffer_limit=1000, ephemeral_delay=0.01)
+    a, b, c = CountingSink(), CountingSink(), CountingSink()
+    hub.subscribe(a, None, None, "U1", ephemeral=True)
+    hub.subscribe(b, frozenset({"C2"}), None, "U2", ephemeral=True)
+    sub_c = hub.subscribe(c, None, None, "U3", ephemeral=True)
+    hub.ephemeral(b"1", None, "C1")
+    hub.ephemeral(b"2", frozenset({"U1", "U2", "U3"}), "C2", exclude=a)
+    hub.ephemeral(b"3", None)
+    hub.unsubscribe(sub_c)  # ended before the flush: nothing for it
+    assert (a.writes, b.writes) == (0, 0), "gathered, not written yet"
+    await asyncio.sleep(0.05)
+    assert (a.writes, a.data) == (1, b"\x81\x011\x81\x013")
+    assert (b.writes, b.data) == (1, b"\x81\x012\x81\x013")
+    assert (c.writes, hub.ephemeral_frames) == (0, 4)
 
 
 def test_ephemeral_frames_encode_as_protocol_md_shows_them() -> None:
