@@ -142,6 +142,8 @@ class Ephemeral:
         self._pending: dict[str, wire.User | None] = {}
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        #: typing notices from other nodes being looked at
+        self.tasks: set[asyncio.Task[None]] = set()
 
     # ---------------------------------------------------------------- typing
 
@@ -202,7 +204,14 @@ class Ephemeral:
             self._wake.set()
         else:
             task = asyncio.get_running_loop().create_task(self._remote_typing(notice))
-            task.add_done_callback(_quietly)
+            # Held until done: the loop keeps only a weak reference to a task.
+            self.tasks.add(task)
+            task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self.tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.warning("typing from another node failed: %s", task.exception())
 
     async def _remote_typing(self, notice: TypingNotice) -> None:
         try:
@@ -304,7 +313,8 @@ class Ephemeral:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # the database is away: write everything once back
-                log.warning("presence sync failed: %s", exc)
+                if not full:  # once per outage, not once per heartbeat
+                    log.warning("presence sync failed: %s; retrying", exc)
                 full = True
 
     async def _sync_once(self, *, full: bool, beat: bool) -> bool:
@@ -335,6 +345,3 @@ class Ephemeral:
         return False
 
 
-def _quietly(task: asyncio.Task[None]) -> None:
-    if not task.cancelled() and task.exception() is not None:
-        log.warning("typing from another node failed: %s", task.exception())

@@ -5,6 +5,7 @@ sinks), with an injected clock for the typing rate limit."""
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -346,3 +347,39 @@ def test_ephemeral_frames_encode_as_protocol_md_shows_them() -> None:
     assert wire.encode(presence) == (
         b'{"type":"ephemeral","kind":"presence","user":{"id":"U1","name":"alice"},'
         b'"online":false}')
+
+
+async def test_typing_from_another_node_is_limited_here_too(node: Any) -> None:
+    """A node applies the one-a-second limit to the typing other nodes send it, so
+    a user typing on connections to two nodes reaches each subscriber once."""
+    clock = Clock()
+    n = await node(clock)
+    alice = await n.conn("alice")
+    channel = (await command(alice, "create_channel", name="general"))["channel"]
+    bob = await n.conn("bob", subscribe={"ephemeral": True})
+    bob.sink.frames.clear()
+    me = {"id": alice.session.user.id, "name": "alice"}  # type: ignore[union-attr]
+    frame = json.dumps({"type": "ephemeral", "kind": "typing", "channel": channel,
+                        "user": me})
+
+    def notice(node_id: str, channel_id: str = channel["id"]) -> str:
+        return (f'{{"k":"t","node":"{node_id}","channel":"{channel_id}",'
+                f'"user":"{me["id"]}","frame":{frame}}}')
+
+    async def done() -> None:
+        await asyncio.gather(*n.app.ephemeral.tasks)
+
+    n.app.ephemeral.notice(notice(n.app.ephemeral.node_id))  # our own: ignored
+    n.app.ephemeral.notice(notice("Nother"))
+    await done()
+    assert ephemerals(bob) == [json.loads(frame)]
+    await command(alice, "typing", channel=channel["id"])  # within the second: not again
+    n.app.ephemeral.notice(notice("Nthird"))
+    n.app.ephemeral.notice(notice("Nother", "Cgone"))  # a channel this node does not know
+    n.app.ephemeral.notice("not json")
+    await done()
+    assert len(ephemerals(bob)) == 1
+    clock.now += 1
+    n.app.ephemeral.notice(notice("Nthird"))
+    await done()
+    assert len(ephemerals(bob)) == 2
