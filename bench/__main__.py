@@ -23,11 +23,11 @@ from pathlib import Path
 
 from tests.pg_cluster import ClusterError
 
-from . import nodes
+from . import nodes, typing_storm
 from . import scenarios as sc
 from .workers import loop_name, raise_nofile
 
-SCENARIOS = ("CEILING", "S1", "S2", "S2-MAX", "S3", "S4", "NODES")
+SCENARIOS = ("CEILING", "S1", "S2", "S2-MAX", "S3", "S4", "TYPING", "NODES")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -158,6 +158,9 @@ def main(argv: list[str] | None = None) -> int:
             emit(rows, sc.run_s3(b))
         if "S4" in only:
             emit(rows, sc.run_s4(b))
+        if "TYPING" in only:
+            # 1,000 subscribers (the quick run: S2's largest N); 100 typers.
+            emit(rows, typing_storm.run_typing(b, n=b.sizes.s2_settings[-1][0]))
         if "NODES" in only:
             skipped = nodes.unavailable() or ""
             if not skipped:

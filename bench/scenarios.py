@@ -516,6 +516,7 @@ def fanout_round(
         "expected_deliveries": len(expected) * n,
         "p50_ms": ms(p50), "p99_ms": ms(p99), "max_ms": ms(worst),
         "complete_subscribers": complete, "closed_4000": closed,
+        "ephemeral_frames": sum(c.get("ephemeral", 0) for c in checks),
         "all_delivered_in_order": all_in_order, "problems": problems[:5], **cpu,
     }
     cross = merge(c["hist_cross"] for c in checks)

@@ -293,6 +293,8 @@ class _Round:
         self.hist_cross: dict[int, int] = {}
         self.max_cross = 0.0
         self.deliveries = 0
+        #: typing and presence frames (subscribers made with "ephemeral")
+        self.ephemeral = 0
         self.first_rx = 0.0
         self.last_rx = 0.0
         self.bad_frames: list[str] = []
@@ -316,6 +318,9 @@ async def role_subs(ctl: Ctl, params: dict[str, Any]) -> None:
                 fallback(payload, now)
                 return
             if frame.type != "event":
+                if frame.type == "ephemeral":
+                    rnd.ephemeral += 1
+                    return
                 fallback(payload, now)
                 return
             st.seqs.append(frame.seq)
@@ -353,7 +358,7 @@ async def role_subs(ctl: Ctl, params: dict[str, Any]) -> None:
                 await conn.ok("auth", token=params["token"])
                 st = _SubState(conn)
                 conn.on_message = handler(st)
-                await conn.ok("subscribe")
+                await conn.ok("subscribe", ephemeral=bool(params.get("ephemeral")))
                 subs.append(st)
 
         await asyncio.gather(*(one() for _ in range(n)))
@@ -409,6 +414,7 @@ async def _check(
         "subs": len(subs), "complete": complete, "closed": closed, "failures": failures,
         "ordered": all(_increasing(st.seqs) for st in subs),
         "hist": rnd.hist, "max_latency": rnd.max_latency, "deliveries": rnd.deliveries,
+        "ephemeral": rnd.ephemeral,
         "hist_cross": rnd.hist_cross, "max_cross": rnd.max_cross,
         "first_rx": rnd.first_rx, "last_rx": rnd.last_rx, "bad_frames": rnd.bad_frames,
         "cpu": cpu_now() - rnd.cpu0, "wall": time.time() - rnd.wall0,
@@ -542,7 +548,64 @@ async def _replay_once(params: dict[str, Any], since: int, last_seq: int) -> dic
     return result
 
 
+# ----------------------------------------------------------- TYPING: typers
+
+
+async def role_typers(ctl: Ctl, params: dict[str, Any]) -> None:
+    """One connection per token (one user each), each sending ``typing`` to the
+    channel every ``period`` seconds, staggered, from "go" until its end."""
+    conns: list[Conn] = []
+    for token in params["tokens"]:
+        conn = await connect(params["client"], params["host"], params["port"])
+        await conn.ok("auth", token=token)
+        conns.append(conn)
+    ctl.send("ready", len(conns))
+    counts = {"ok": 0, "other": 0, "sent": 0}
+    answered = asyncio.Event()
+
+    def on_message(payload: bytes, now: float) -> None:
+        reply = decode_reply(payload)
+        if reply.type == "ok":
+            counts["ok"] += 1
+        elif reply.type != "ephemeral" and reply.type != "event":
+            counts["other"] += 1
+        if counts["ok"] + counts["other"] >= counts["sent"]:
+            answered.set()
+
+    for conn in conns:
+        conn.on_message = on_message
+    channel, period = params["channel"], params["period"]
+    while True:
+        msg = await ctl.recv()
+        if msg[0] != "go":
+            break
+        _, t_start, duration = msg
+        counts.update(ok=0, other=0, sent=0)
+        answered.clear()
+        sent = 0
+        cpu0, wall0 = cpu_now(), time.time()
+        n = len(conns)
+        frame = encode({"op": "typing", "channel": channel})
+        tick = 0
+        while time.time() < t_start + duration:
+            # Connection i types at t_start + (i / n + k) * period: an even stream.
+            i = tick % n
+            await sleep_until(t_start + (tick / n) * period)
+            if not conns[i].closed.is_set():
+                conns[i].send_text(frame)
+                sent += 1
+            tick += 1
+        counts["sent"] = sent
+        if counts["ok"] + counts["other"] < sent:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(answered.wait(), 30)
+        ctl.send("done", {"sent": sent, "ok": counts["ok"], "other": counts["other"],
+                          "cpu": cpu_now() - cpu0, "wall": time.time() - wall0})
+    await close_all(conns)
+
+
 ROLES: dict[str, Callable[[Ctl, dict[str, Any]], Coroutine[Any, Any, None]]] = {
+    "typers": role_typers,
     "senders": role_senders,
     "paced": role_paced,
     "subs": role_subs,

@@ -422,6 +422,8 @@ async def _tail(args: argparse.Namespace) -> int:
                     f"{item.boot.resume_point}",
                     sys.stderr,
                 )
+            elif not isinstance(item, wire.Event):
+                continue  # an ephemeral frame: tail does not ask for them
             elif args.json:
                 _print(wire.encode(item).decode())
             else:

@@ -125,6 +125,21 @@ class Config:
     #: the database directly, reaches this node's connections within this time.
     token_check_interval: float = no_flag(2.0)
 
+    # typing and presence (PROTOCOL.md "Ephemeral frames")
+    #: PROTOCOL.md fixes it at one second; a flag only so that tests need no sleeps.
+    typing_interval: float = flag(
+        1.0, "duration", "forward at most one typing per user and channel this often",
+        hidden=True)
+    #: how long typing and presence frames are gathered before they are written,
+    #: one write per connection (chatd.fanout): fewer writes in a typing storm.
+    ephemeral_flush: float = no_flag(0.05)
+    presence_heartbeat: float = flag(
+        1.0, "duration", "with PostgreSQL: how often each node renews its heartbeat and "
+        "re-reads who is online on the other nodes")
+    presence_expiry: float = flag(
+        5.0, "duration", "with PostgreSQL: a node whose heartbeat is older than this is taken "
+        "for dead and its users are announced offline (keep it a few heartbeats long)")
+
     # shutdown
     drain_timeout: float = flag(
         10.0, "duration", "on SIGTERM/SIGINT, how long in-flight commands may take before exit")

@@ -34,6 +34,7 @@ from websockets.exceptions import ConnectionClosed
 
 from . import crypto, validate, wire
 from .config import Config
+from .ephemeral import Ephemeral
 from .exceptions import (
     BadRequest,
     InternalError,
@@ -97,6 +98,8 @@ class Services(Protocol):
     store: Store
     writer: Writer
     hub: Hub
+    #: typing and presence
+    ephemeral: Ephemeral
     draining: bool
     #: every open session, to end the others that use a token on logout.
     sessions: set[Session]
@@ -111,7 +114,8 @@ class Services(Protocol):
 
 class Session:
     __slots__ = (
-        "_auth_failures", "_bad_frames", "_bucket", "_ever_logged_in", "_reads", "_slots",
+        "_auth_failures", "_bad_frames", "_bucket", "_counted", "_ever_logged_in", "_reads",
+        "_slots",
         "_timer", "address", "app", "sink", "sub", "token_hash", "user",
     )
 
@@ -126,6 +130,8 @@ class Session:
         self._ever_logged_in = False
         self._timer: asyncio.TimerHandle | None = None
         self.user: wire.User | None = None
+        #: the user this connection counts for in presence (see _count_as)
+        self._counted: wire.User | None = None
         self.token_hash: bytes | None = None
         self.sub: Subscription | None = None
         # A list, not a deque: at most max_inflight entries, and an idle connection
@@ -170,6 +176,8 @@ class Session:
             pass
         finally:
             self._end()
+            # Not through _set_user: self.user stays, the server logs who closed.
+            self._count_as(None)
 
     def _logged_in_once(self) -> None:
         self._ever_logged_in = True
@@ -371,9 +379,10 @@ class Session:
         token_hash = crypto.token_hash(token)
         expires = int((self.app.clock() + self.app.config.token_ttl) * 1000)
         await self.app.writer.submit(IssueTokenOp(user.id, token_hash, expires))
-        self.user, self.token_hash = wire.User(user.id, user.name), token_hash
+        me = wire.User(user.id, user.name)
+        self._set_user(me, token_hash)
         self._logged_in_once()
-        return wire.LoginOk(ref, self.user, token)
+        return wire.LoginOk(ref, me, token)
 
     async def _auth(self, cmd: wire.Auth) -> wire.AuthOk:
         token = validate.text("token", cmd.token, validate.TOKEN_MAX)
@@ -382,7 +391,7 @@ class Session:
         if user is None:
             self._failed_login(None)
             raise Unauthorized("token: unknown or expired")
-        self.user, self.token_hash = user, token_hash
+        self._set_user(user, token_hash)
         self._logged_in_once()
         return wire.AuthOk(cmd.ref, user)
 
@@ -409,7 +418,23 @@ class Session:
 
     def log_out(self) -> None:
         self._stop_subscription()
-        self.user = self.token_hash = None
+        self._set_user(None, None)
+
+    def _set_user(self, user: wire.User | None, token_hash: bytes | None) -> None:
+        """Log this connection in as ``user`` (None: out), and count it for presence."""
+        self.user, self.token_hash = user, token_hash
+        self._count_as(user)
+
+    def _count_as(self, user: wire.User | None) -> None:
+        """Count this connection as ``user``'s for presence (None: as nobody's); once,
+        however often it is told, also after the connection ended."""
+        old, self._counted = self._counted, user
+        presence = self.app.ephemeral
+        # The new user first: logging in again as the same user must not flap.
+        if user is not None:
+            presence.connected(user)
+        if old is not None:
+            presence.disconnected(old)
 
     async def _ping(self, cmd: wire.Ping) -> wire.Ok:
         return wire.Ok(cmd.ref)
@@ -428,7 +453,8 @@ class Session:
     async def _boot(self, cmd: wire.Boot) -> wire.BootOk:
         async with self._read_slot():
             resume_point, me, channels = await self.app.store.boot(self._me().id)
-        return wire.BootOk(cmd.ref, me, self.app.store.epoch, resume_point, channels)
+        return wire.BootOk(cmd.ref, me, self.app.store.epoch, resume_point, channels,
+                           self.app.ephemeral.online())
 
     # -------------------------------------------------------------- accounts
 
@@ -585,11 +611,17 @@ class Session:
                 )
         # The ok goes out before the subscription starts, so before its first event.
         self.sink.send(wire.encode(wire.SubscribeOk(cmd.ref, epoch, resume_point)))
-        self.sub = app.hub.subscribe(self.sink, self._me().id, channels, cmd.since)
+        self.sub = app.hub.subscribe(self.sink, channels, cmd.since,
+                                     self._me().id, cmd.ephemeral)
         return None
 
     async def _unsubscribe(self, cmd: wire.Unsubscribe) -> wire.Ok:
         self._stop_subscription()
+        return wire.Ok(cmd.ref)
+
+    async def _typing(self, cmd: wire.Typing) -> wire.Ok:
+        channel_id = validate.text("channel", cmd.channel)
+        await self.app.ephemeral.typing(self.sink, self._me(), channel_id)
         return wire.Ok(cmd.ref)
 
     def _stop_subscription(self) -> None:
@@ -626,6 +658,7 @@ _HANDLERS: dict[type[wire.Command], Handler] = {
     wire.SetRole: Session._set_role,
     wire.DeactivateUser: Session._deactivate_user,
     wire.ReactivateUser: Session._reactivate_user,
+    wire.Typing: Session._typing,
 }
 
 

@@ -49,6 +49,17 @@ members costs the same however many other connections there are. A mixed batch
 walks every subscription once, as a public one does, and filters only for the
 users named in an audience. Catch-up reads apply the same rule from the stored
 membership intervals (:mod:`chatd.visibility`).
+
+Ephemeral frames (typing, presence: :meth:`Hub.ephemeral`) are not events: no
+seq, no cursor, never read back from the store. They go to the subscriptions
+made with ``ephemeral`` (live or catching up, since they cannot disturb the seq
+order), each framed once, gathered for a few milliseconds and written with one
+write per subscription; a subscription that is lagging, or has more than half
+its buffer limit unsent, simply misses them, so they are never held for a slow
+reader and never push one into lagging. The hub
+keeps those subscriptions by user id, so a frame with an audience (the users
+who may see its channel) costs a lookup per audience member, not a scan of
+every connection.
 """
 
 from __future__ import annotations
@@ -70,18 +81,21 @@ CLOSE_TOO_SLOW = 4000
 
 
 class Subscription:
-    __slots__ = (
-        "_task", "channels", "closed", "cursor", "hub", "lagging", "live", "sink", "user_id",
-    )
+    __slots__ = ("_task", "channels", "closed", "cursor", "ephemeral", "hub", "lagging", "live",
+                 "sink", "user_id")
 
     def __init__(
-        self, hub: Hub, sink: Sink, user_id: str, channels: frozenset[str] | None, cursor: int
+        self, hub: Hub, sink: Sink, channels: frozenset[str] | None, cursor: int,
+        user_id: str | None = None, ephemeral: bool = False,
     ) -> None:
         self.hub = hub
         self.sink = sink
-        self.user_id = user_id
         self.channels = channels
         self.cursor = cursor
+        #: whose connection it is: events and ephemeral frames with an audience
+        #: reach it only when this user is in it
+        self.user_id = user_id
+        self.ephemeral = ephemeral
         self.live = False
         #: caught up from the store because it read too slowly (not a plain replay).
         self.lagging = False
@@ -103,8 +117,9 @@ class Subscription:
             while not self.closed:
                 if not await self._wait_for_room():
                     return
+                # No user (tests' bare hubs): public events only.
                 page = await hub.read_events(
-                    self.cursor, self.channels, hub.page_size, self.user_id)
+                    self.cursor, self.channels, hub.page_size, self.user_id or "")
                 if self.closed:
                     return
                 if page.horizon > self.cursor:
@@ -164,6 +179,7 @@ class Hub:
         page_size: int = 1000,
         poll_interval: float = 0.02,
         on_slow_close: Callable[[], None] = lambda: None,
+        ephemeral_delay: float = 0.0,
     ) -> None:
         self.last_seq = last_seq
         self.read_events = read_events
@@ -175,30 +191,48 @@ class Hub:
         self._live: dict[Subscription, None] = {}
         #: the live subscriptions by user id, for events with an audience
         self._by_user: dict[str, dict[Subscription, None]] = {}
+        #: user id -> that user's subscriptions made with ``ephemeral``
+        self._ephemeral: dict[str, dict[Subscription, None]] = {}
+        self.ephemeral_delay = ephemeral_delay
+        self._pending: list[tuple[bytes, frozenset[str] | None, str | None, Sink | None]] = []
+        self._flush: asyncio.TimerHandle | None = None
+        #: ephemeral frames written so far (each counted once per connection)
+        self.ephemeral_frames = 0
         self._closing: set[asyncio.Task[None]] = set()
         self.subscribers = 0
         self.lagging = 0
 
     def subscribe(
-        self, sink: Sink, user_id: str, channels: frozenset[str] | None, since: int | None
+        self, sink: Sink, channels: frozenset[str] | None, since: int | None,
+        user_id: str | None = None, ephemeral: bool = False,
     ) -> Subscription:
         """Start a subscription; the caller has already written the ``ok``.
 
         Without ``since`` it is live from ``last_seq`` at once; with it, it
-        catches up from the store first.
+        catches up from the store first. With ``ephemeral`` (and a user id) it
+        also gets the ephemeral frames.
         """
         self.subscribers += 1
+        sub = Subscription(self, sink, channels, self.last_seq if since is None else since,
+                           user_id, ephemeral and user_id is not None)
+        if sub.ephemeral:
+            assert user_id is not None
+            self._ephemeral.setdefault(user_id, {})[sub] = None
         if since is None:
-            sub = Subscription(self, sink, user_id, channels, self.last_seq)
             self.go_live(sub)
         else:
-            sub = Subscription(self, sink, user_id, channels, since)
             sub.catch_up()
         return sub
 
     def unsubscribe(self, sub: Subscription) -> None:
         if sub.closed:
             return
+        if sub.ephemeral and sub.user_id is not None:
+            subs = self._ephemeral.get(sub.user_id)
+            if subs is not None:
+                subs.pop(sub, None)
+                if not subs:
+                    del self._ephemeral[sub.user_id]
         self._leave_live(sub)
         self._set_lagging(sub, False)
         self.subscribers -= 1
@@ -213,16 +247,18 @@ class Hub:
         self._set_lagging(sub, False)
         sub.live = True
         self._live[sub] = None
-        self._by_user.setdefault(sub.user_id, {})[sub] = None
+        if sub.user_id is not None:
+            self._by_user.setdefault(sub.user_id, {})[sub] = None
 
     def _leave_live(self, sub: Subscription) -> None:
         self._live.pop(sub, None)
         sub.live = False
-        mine = self._by_user.get(sub.user_id)
-        if mine is not None:
+        user_id = sub.user_id
+        mine = None if user_id is None else self._by_user.get(user_id)
+        if mine is not None and user_id is not None:
             mine.pop(sub, None)
             if not mine:
-                del self._by_user[sub.user_id]
+                del self._by_user[user_id]
 
     def _set_lagging(self, sub: Subscription, lagging: bool) -> None:
         if sub.lagging != lagging:
@@ -261,7 +297,8 @@ class Hub:
             if sub.sink.buffered() > limit:
                 lagging.append(sub)
                 continue
-            if sub.channels is None and sub.cursor < first and sub.user_id not in named:
+            if sub.channels is None and sub.cursor < first and (
+                    sub.user_id is None or sub.user_id not in named):
                 if shared is None:
                     shared = b"".join(
                         f for e, f in zip(events, frames, strict=True) if e.audience is None)
@@ -282,3 +319,64 @@ class Hub:
             self._leave_live(sub)
             self._set_lagging(sub, True)
             sub.catch_up()
+
+    def ephemeral(
+        self,
+        frame: bytes,
+        audience: frozenset[str] | None,
+        channel_id: str | None = None,
+        exclude: Sink | None = None,
+    ) -> None:
+        """Send an encoded ephemeral frame to the ephemeral subscriptions of the
+        users in ``audience`` (None: of every user), but not to ``exclude`` (the
+        connection it came from) and not to a subscription whose ``channels``
+        filter leaves out ``channel_id``. Best effort (see the module docstring).
+
+        Frames are gathered for ``ephemeral_delay`` seconds and then written with
+        one write per subscription: a typing storm costs a write per subscriber
+        per flush rather than per frame (a notice shown for seconds does not
+        mind 50 ms). The audience is looked up at the flush, so a subscription
+        that ended meanwhile is not written to. With no delay, now.
+        """
+        self._pending.append((text_frame(frame), audience, channel_id, exclude))
+        if self.ephemeral_delay <= 0:
+            self.flush_ephemeral()
+        elif self._flush is None:
+            self._flush = asyncio.get_running_loop().call_later(
+                self.ephemeral_delay, self.flush_ephemeral)
+
+    def flush_ephemeral(self) -> None:
+        """Write the ephemeral frames gathered so far."""
+        if self._flush is not None:
+            self._flush.cancel()
+            self._flush = None
+        pending, self._pending = self._pending, []
+        index = self._ephemeral
+        out: dict[Subscription, list[bytes]] = {}
+        for data, audience, channel_id, exclude in pending:
+            if audience is None:
+                groups = list(index.values())
+            else:
+                groups = [index[u] for u in audience if u in index]
+            for subs in groups:
+                for sub in subs:
+                    if sub.sink is exclude:
+                        continue
+                    if channel_id is not None and sub.channels is not None \
+                            and channel_id not in sub.channels:
+                        continue
+                    frames = out.get(sub)
+                    if frames is None:
+                        out[sub] = [data]
+                    else:
+                        frames.append(data)
+        room = self.buffer_limit // 2
+        written = 0
+        for sub, frames in out.items():
+            # Events first: a subscription being caught up, or short of room,
+            # goes without.
+            if sub.lagging or sub.sink.buffered() > room:
+                continue
+            sub.sink.write(frames[0] if len(frames) == 1 else b"".join(frames))
+            written += len(frames)
+        self.ephemeral_frames += written

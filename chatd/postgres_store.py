@@ -81,6 +81,29 @@ _SCHEMA_LOCK = 0x636861746400  # "chatd\0"
 _IN_TX = (TransactionStatus.INTRANS, TransactionStatus.INERROR)
 #: the NOTIFY channel of a commit that stored events (no payload).
 _EVENTS_CHANNEL = "chatd_events"
+#: the NOTIFY channel of typing and presence notices (chatd.ephemeral)
+_EPHEMERAL_CHANNEL = "chatd_ephemeral"
+
+#: Who is online on which node (chatd.ephemeral explains the design). Runtime
+#: state, not data: UNLOGGED (no WAL; a crash of the server empties them, and
+#: each node's heartbeat then writes its rows again), made by every node at
+#: start-up rather than by a migration, and never backed up or migrated.
+_PRESENCE_TABLES = """
+CREATE UNLOGGED TABLE IF NOT EXISTS presence_nodes (
+    node_id TEXT PRIMARY KEY,
+    seen TIMESTAMPTZ NOT NULL
+);
+CREATE UNLOGGED TABLE IF NOT EXISTS presence_users (
+    node_id TEXT NOT NULL REFERENCES presence_nodes ON DELETE CASCADE,
+    user_id TEXT NOT NULL,
+    user_name TEXT NOT NULL,
+    PRIMARY KEY (node_id, user_id)
+);
+"""
+_BEAT = (
+    "INSERT INTO presence_nodes(node_id, seen) VALUES (%s, now())"
+    " ON CONFLICT (node_id) DO UPDATE SET seen = now()"
+)
 
 
 def schema_sql() -> str:
@@ -408,6 +431,8 @@ class PostgresBackend:
         with self._schema_tx(conn):
             self.created = self._create(conn)
         self.migrated = migrate(conn, "PostgreSQL database", self._schema_tx)
+        with self._schema_tx(conn):
+            conn.execute(_PRESENCE_TABLES)
         row = conn.execute("SELECT value FROM meta WHERE key = 'epoch'").fetchone()
         assert row is not None, "meta has no epoch"
         self.epoch = row[0]
@@ -450,24 +475,93 @@ class PostgresBackend:
             self._w.close()
             self._w = None
 
-    async def listen(self, wake: Callable[[], None]) -> None:
-        """Call ``wake`` after each commit that stored events, on any node.
+    async def listen(
+        self, wake: Callable[[], None], ephemeral: Callable[[str], None] | None = None
+    ) -> None:
+        """Call ``wake`` after each commit that stored events, on any node, and
+        ``ephemeral`` with the payload of each ``chatd_ephemeral`` notice.
 
         LISTEN on a connection of its own; until cancelled. A lost connection is
         made again a second later, and ``wake`` is called once it listens (what
-        was committed meanwhile notified nobody).
+        was committed meanwhile notified nobody; lost notices are lost, they are
+        best effort, and presence is re-read at each heartbeat anyway).
         """
         while True:
             try:
                 conn = await psycopg.AsyncConnection.connect(self._conninfo(), autocommit=True)
                 async with conn:
                     await conn.execute(f"LISTEN {_EVENTS_CHANNEL}")
+                    if ephemeral is not None:
+                        await conn.execute(f"LISTEN {_EPHEMERAL_CHANNEL}")
                     wake()
-                    async for _ in conn.notifies():
-                        wake()
+                    async for note in conn.notifies():
+                        if note.channel == _EVENTS_CHANNEL:
+                            wake()
+                        elif ephemeral is not None:
+                            ephemeral(note.payload)
             except psycopg.Error as exc:
                 log.warning("LISTEN %s: %s; again in 1 s", _EVENTS_CHANNEL, _one_line(exc))
             await asyncio.sleep(1.0)
+
+    # ------------------------------------------------- presence (chatd.ephemeral)
+
+    @asynccontextmanager
+    async def _autocommit(self) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
+        """A pooled connection for statements outside the event transactions: they
+        never take the counter lock, so presence does not wait for group commits."""
+        async with self._reads(transaction=False) as snap:
+            yield snap.conn
+
+    async def presence_write(
+        self, node_id: str, add: list[tuple[str, str]], remove: list[str], *, full: bool
+    ) -> bool:
+        async with self._autocommit() as conn, conn.transaction():
+            cur = await conn.execute(_BEAT + " RETURNING (xmax = 0)", (node_id,))
+            row = await cur.fetchone()
+            if full:
+                await conn.execute("DELETE FROM presence_users WHERE node_id = %s", (node_id,))
+            elif remove:
+                await conn.execute(
+                    "DELETE FROM presence_users WHERE node_id = %s AND user_id = ANY(%s)",
+                    (node_id, remove))
+            if add:
+                await conn.execute(
+                    "INSERT INTO presence_users(node_id, user_id, user_name)"
+                    " SELECT %s, * FROM unnest(%s::text[], %s::text[]) ON CONFLICT DO NOTHING",
+                    (node_id, [u for u, _ in add], [n for _, n in add]))
+            await conn.execute("SELECT pg_notify(%s, %s)",
+                               (_EPHEMERAL_CHANNEL, f'{{"k":"p","node":"{node_id}"}}'))
+        return bool(row and row[0])
+
+    async def presence_beat(self, node_id: str, expiry: float) -> bool:
+        async with self._autocommit() as conn, conn.transaction():
+            cur = await conn.execute(_BEAT + " RETURNING (xmax = 0)", (node_id,))
+            row = await cur.fetchone()
+            # ON DELETE CASCADE takes the dead nodes' users with them.
+            await conn.execute(
+                "DELETE FROM presence_nodes WHERE seen < now() - make_interval(secs => %s)",
+                (expiry,))
+        return bool(row and row[0])
+
+    async def presence_read(self, node_id: str, expiry: float) -> list[tuple[str, str]]:
+        async with self._autocommit() as conn:
+            cur = await conn.execute(
+                "SELECT DISTINCT u.user_id, u.user_name FROM presence_users u"
+                " JOIN presence_nodes n USING (node_id)"
+                " WHERE n.node_id <> %s AND n.seen >= now() - make_interval(secs => %s)",
+                (node_id, expiry))
+            return [(uid, name) for uid, name in await cur.fetchall()]
+
+    async def presence_leave(self, node_id: str) -> None:
+        async with self._autocommit() as conn, conn.transaction():
+            await conn.execute("DELETE FROM presence_nodes WHERE node_id = %s", (node_id,))
+            await conn.execute("SELECT pg_notify(%s, %s)",
+                               (_EPHEMERAL_CHANNEL, f'{{"k":"p","node":"{node_id}"}}'))
+
+    async def notify_ephemeral(self, payload: bytes) -> None:
+        async with self._autocommit() as conn:
+            await conn.execute("SELECT pg_notify(%s, %s)",
+                               (_EPHEMERAL_CHANNEL, payload.decode()))
 
     # ---------------------------------------------------------------- writes
 

@@ -687,6 +687,21 @@ async def members(snap: Snapshot, channel_id: str, user_id: str) -> list[wire.Us
     return [wire.User(i, n) for i, n in await snap.members(channel_id)]
 
 
+async def typing_audience(
+    snap: Snapshot, channel_id: str, user_id: str
+) -> tuple[wire.Channel, frozenset[str] | None]:
+    """Who may receive ``user_id``'s typing in a channel: the one place that decides.
+
+    The channel as the frame shows it, and the ids of the users who may see it,
+    or None for every user (a public channel). NotFound when the channel does not
+    exist or ``user_id`` cannot see it, as for any command that names it.
+    """
+    channel = await visible_channel(snap, channel_id, user_id)
+    if channel.kind == "public":
+        return channel, None
+    return channel, frozenset(i for i, _ in await snap.members(channel_id))
+
+
 async def users(snap: Snapshot) -> list[wire.Account]:
     return [wire.Account(i, n, r, bool(a)) for i, n, r, a in await snap.users()]
 

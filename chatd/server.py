@@ -28,6 +28,7 @@ from websockets.http11 import Request, Response
 from . import __version__
 from .config import Config
 from .connection import CLOSE_POLICY, Session
+from .ephemeral import Ephemeral
 from .expiry import run_expiry
 from .fanout import Hub
 from .feed import LocalFeed, TailFeed
@@ -80,7 +81,9 @@ class App:
             slow_timeout=self.config.slow_reader_timeout,
             page_size=self.config.replay_batch,
             on_slow_close=self.metrics.slow_closed.inc,
+            ephemeral_delay=cfg.ephemeral_flush,
         )
+        self.ephemeral = Ephemeral(cfg, self.store, self.hub, self.clock)
         self.feed: LocalFeed | TailFeed
         if self.store.backend.shared:
             # Other nodes commit too: every node reads the one stream by seq.
@@ -115,8 +118,9 @@ class App:
         if isinstance(self.feed, TailFeed):
             self.feed.cursor = seq
             self.feed.start()
-            self._background.append(
-                asyncio.create_task(self.store.backend.listen(self.feed.wake)))
+            self._background.append(asyncio.create_task(
+                self.store.backend.listen(self.feed.wake, self.ephemeral.notice)))
+        await self.ephemeral.start()
         self._background.append(asyncio.create_task(self._check_tokens()))
         self.writer.start()
 
@@ -160,6 +164,7 @@ class App:
                 await task
         if isinstance(self.feed, TailFeed):
             await self.feed.stop()
+        await self.ephemeral.stop()
         await self.store.close()
 
     async def handle(self, conn: ServerConnection) -> None:

@@ -280,7 +280,9 @@ class SqliteBackend:
             self._w.close()
             self._w = None
 
-    async def listen(self, wake: Callable[[], None]) -> None:
+    async def listen(
+        self, wake: Callable[[], None], ephemeral: Callable[[str], None] | None = None
+    ) -> None:
         return None
 
     # ---------------------------------------------------------------- writes

@@ -361,8 +361,12 @@ class Backend(Protocol):
     created: bool
     migrated: list[Migration]
 
-    async def listen(self, wake: Callable[[], None]) -> None:
-        """Call ``wake`` whenever another process may have committed events.
+    async def listen(
+        self, wake: Callable[[], None], ephemeral: Callable[[str], None] | None = None
+    ) -> None:
+        """Call ``wake`` whenever another process may have committed events, and
+        ``ephemeral`` with each notice a node sent (typing, presence: see
+        :mod:`chatd.ephemeral`).
 
         Runs until cancelled and reconnects by itself; a backend that is never
         shared returns at once. Best effort: the tail also polls.

@@ -120,6 +120,13 @@ class Store:
         async with self.backend.snapshot() as snap:
             return await rules.boot(snap, user_id)
 
+    async def typing_audience(
+        self, channel_id: str, user_id: str
+    ) -> tuple[wire.Channel, frozenset[str] | None]:
+        """See :func:`chatd.rules.typing_audience`."""
+        async with self.backend.reader() as snap:
+            return await rules.typing_audience(snap, channel_id, user_id)
+
     async def history(
         self, channel_id: str, before: int | None, limit: int, user_id: str
     ) -> tuple[list[wire.Message], bool]:

@@ -114,6 +114,9 @@ class Subscribe(Command, tag="subscribe"):
     since: Seq | None = None
     epoch: str | None = None
     channels: list[str] | None = None
+    #: also deliver the ``ephemeral`` frames (typing, presence); events only without it.
+    ephemeral: bool = False
+
 
 
 class Unsubscribe(Command, tag="unsubscribe"):
@@ -155,6 +158,10 @@ class ReactivateUser(Command, tag="reactivate_user"):
     user: str
 
 
+class Typing(Command, tag="typing"):
+    channel: str
+
+
 AnyCommand = (
     Login
     | Auth
@@ -182,6 +189,7 @@ AnyCommand = (
     | SetRole
     | DeactivateUser
     | ReactivateUser
+    | Typing
 )
 
 #: Commands that need a logged-in connection.
@@ -190,7 +198,7 @@ NEEDS_LOGIN: frozenset[type[Command]] = frozenset(
      MarkRead, Send, DeleteMessage, EditMessage, History,
      Subscribe,
      Unsubscribe, ChangePassword, Users, CreateInvite, ListInvites, RevokeInvite, SetRole,
-     DeactivateUser, ReactivateUser}
+     DeactivateUser, ReactivateUser, Typing}
 )
 
 # --------------------------------------------------------------- shared objects
@@ -335,6 +343,8 @@ class BootOk(Ok, tag="ok"):
     epoch: str
     resume_point: int
     channels: list[BootChannel]
+    #: the ids of the users online now (on any node)
+    online: list[str] = []
 
 
 class ChannelOk(Ok, tag="ok"):
@@ -401,6 +411,23 @@ class InviteOk(Ok, tag="ok"):
 
 class InvitesOk(Ok, tag="ok"):
     invites: list[Invite]
+
+
+class EphemeralTyping(Struct, tag_field="type", tag="ephemeral", kw_only=True):
+    """``user`` is typing in ``channel``: a live-only notice, no seq, never stored."""
+
+    kind: Literal["typing"] = "typing"
+    channel: Channel
+    user: User
+
+
+class EphemeralPresence(Struct, tag_field="type", tag="ephemeral", kw_only=True):
+    """``user`` came online (a first connection logged in) or went offline (its last
+    one ended), on any node."""
+
+    kind: Literal["presence"] = "presence"
+    user: User
+    online: bool
 
 
 class Head(Struct):

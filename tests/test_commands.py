@@ -141,7 +141,9 @@ async def test_unknown_extra_fields_are_ignored(daemon):
 async def test_boot_snapshot(daemon):
     async with client(daemon.url, "alice") as ws:
         b0 = await ws.ok("boot")
-        assert set(b0) == {"type", "ref", "user", "epoch", "resume_point", "channels"}, b0
+        assert set(b0) == {"type", "ref", "user", "epoch", "resume_point", "channels",
+                           "online"}, b0
+        assert b0["online"] == [ws.me["user"]["id"]]
         assert b0["user"] == {**ws.me["user"], "role": "admin"}
         assert isinstance(b0["epoch"], str) and b0["epoch"]
         assert isinstance(b0["resume_point"], int) and b0["resume_point"] >= 0

@@ -601,7 +601,7 @@ async def test_hidden_is_indistinguishable_from_made_up(make_daemon: MakeDaemon)
                     ("delete_channel", {"channel": c}), ("members", {"channel": c}),
                     ("add_member", {"channel": c, "user": eve}),
                     ("remove_member", {"channel": c, "user": eve}),
-                    ("mark_read", {"channel": c, "seq": 0})]
+                    ("mark_read", {"channel": c, "seq": 0}), ("typing", {"channel": c})]
 
         def by_message(m: str) -> list[tuple[str, dict[str, Any]]]:
             return [("edit_message", {"message": m, "body": "x"}),
@@ -624,3 +624,24 @@ async def test_hidden_is_indistinguishable_from_made_up(make_daemon: MakeDaemon)
         end = (await e.ok("send", channel=after, body="end"))["message"]["seq"]
         await e.events_until(end)
         assert {ev["channel"]["id"] for ev in e.events} == {after}
+
+
+async def test_typing_in_a_private_channel_reaches_its_members_only(
+        make_daemon: MakeDaemon) -> None:
+    d = await make_daemon()
+    async with client(d.url, "alice") as a, client(d.url, "bob") as b, \
+            client(d.url, "eve") as e:
+        secret = (await a.ok("create_channel", name="secret", private=True))["channel"]["id"]
+        await a.ok("add_member", channel=secret, user=b.me["user"]["id"])
+        general = (await a.ok("create_channel", name="general"))["channel"]["id"]
+        for ws in (b, e):
+            await ws.ok("subscribe", ephemeral=True)
+        await a.ok("typing", channel=secret)
+        await a.ok("typing", channel=general)
+        frames: dict[str, list[str]] = {"b": [], "e": []}
+        for name, ws in (("b", b), ("e", e)):
+            while len([f for f in frames[name]]) < (2 if name == "b" else 1):
+                f = await ws.recv()
+                if f.get("type") == "ephemeral" and f.get("kind") == "typing":
+                    frames[name].append(f["channel"]["id"])
+        assert frames == {"b": [secret, general], "e": [general]}

@@ -11,6 +11,10 @@
             else:
                 handle(item)                 # a wire.Event, each exactly once, in seq order
 
+``events(ephemeral=True)`` also yields the typing and presence frames
+(``wire.EphemeralTyping``, ``wire.EphemeralPresence``) among the events: live
+only, best effort, no seq; ``typing(channel_id)`` sends one.
+
 One WebSocket connection carries both the commands and the event stream. A
 background task owns it: it (re)connects with exponential backoff and full
 jitter, logs in (``login`` once, then ``auth`` with the token), resubscribes the
@@ -47,6 +51,7 @@ from ..exceptions import ConnectionLost
 from ._client import DEFAULT_URL, Client
 from ._client import MAX_REPLY_BYTES as MAX_REPLY_BYTES  # importable, as before; not in __all__
 from ._reconnect import backoff
+from ._replies import Ephemeral
 from ._resend import new_nonce
 from ._stream import Reset, StreamPosition
 
@@ -54,6 +59,7 @@ __all__ = [
     "DEFAULT_URL",
     "Client",
     "ConnectionLost",
+    "Ephemeral",
     "Reset",
     "StreamPosition",
     "backoff",

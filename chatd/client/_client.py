@@ -53,9 +53,12 @@ from ._replies import (
     SEND,
     SET_ROLE,
     SUBSCRIBE,
+    TYPING,
     UNSUBSCRIBE,
     USERS,
+    Ephemeral,
     Op,
+    OtherEphemeral,
     read_frame,
     reply,
 )
@@ -249,6 +252,13 @@ class Client:
         cmd = wire.History(channel=channel_id, before=before, limit=limit)
         return await self._call(HISTORY, lambda: cmd)
 
+    async def typing(self, channel_id: str) -> wire.Ok:
+        """Tell the others that this user is typing in the channel. The server
+        forwards at most one a second per channel; call it every few seconds
+        while the user types, not on every key."""
+        cmd = wire.Typing(channel=channel_id)
+        return await self._call(TYPING, lambda: cmd)
+
     # ---------------------------------------------------------------- accounts
 
     async def users(self) -> wire.UsersOk:
@@ -304,7 +314,8 @@ class Client:
         epoch: str | None = None,
         channels: Sequence[str] | None = None,
         on_gap: Literal["reset", "raise"] = "reset",
-    ) -> AsyncGenerator[wire.Event | Reset, None]:
+        ephemeral: bool = False,
+    ) -> AsyncGenerator[wire.Event | Ephemeral | Reset, None]:
         """Every event after ``since`` (default: from now), exactly once, in seq order.
 
         Pass the ``epoch`` that ``since`` belongs to, so that a replaced database
@@ -312,6 +323,13 @@ class Client:
         no longer resume from our position, a :class:`Reset` is yielded and the
         stream continues from its snapshot, or with ``on_gap="raise"``
         :class:`~chatd.exceptions.ResumeGap` is raised. One stream per client.
+
+        With ``ephemeral=True`` the stream also yields the typing and presence
+        frames (:class:`wire.EphemeralTyping`, :class:`wire.EphemeralPresence`)
+        where they arrive among the events. They have no seq and are best
+        effort: none is replayed after a reconnect, and they are dropped, not
+        queued, while ``max_queued_events`` are waiting for the consumer. Kinds
+        this client does not know are skipped.
 
         Ends with ``ClientClosed`` when the client is closed, or with the error
         that made it give up (``ConnectFailed``, ``Unauthorized``). Leaving the
@@ -330,6 +348,7 @@ class Client:
             list(channels) if channels else None,
             self._max_queued,
             on_gap,
+            ephemeral,
         )
         self._sub = sub
 
@@ -483,6 +502,9 @@ class Client:
                     frame = read_frame(raw)
                 except msgspec.MsgspecError as exc:
                     raise ClientError(f"malformed reply to {op.name}: {exc}") from exc
+                if isinstance(frame, (wire.EphemeralTyping, wire.EphemeralPresence,
+                                      OtherEphemeral)):
+                    continue  # live only: nothing waits for them during a handshake
                 if isinstance(frame, EVENT_FRAMES) or frame.ref != ref:
                     log.warning("unexpected frame during login: %r", raw[:200])
                     continue
@@ -547,6 +569,13 @@ class Client:
             sub = self._sub
             if sub is not None and sub.active:
                 sub.take(frame, raw)
+            return
+        if isinstance(frame, OtherEphemeral):
+            return
+        if isinstance(frame, (wire.EphemeralTyping, wire.EphemeralPresence)):
+            sub = self._sub
+            if sub is not None and sub.active:
+                sub.take_ephemeral(frame)
             return
         entry = self._outbox.answered(frame.ref)
         if entry is None:

@@ -68,6 +68,7 @@ REVOKE_INVITE = Op(wire.RevokeInvite, wire.Ok)
 SET_ROLE = Op(wire.SetRole, wire.AccountOk)
 DEACTIVATE_USER = Op(wire.DeactivateUser, wire.AccountOk)
 REACTIVATE_USER = Op(wire.ReactivateUser, wire.AccountOk)
+TYPING = Op(wire.Typing, wire.Ok)
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,7 +88,19 @@ class Malformed:
     error: msgspec.MsgspecError
 
 
-Frame = wire.Event | BadEvent | wire.Error | wire.Ok | Malformed
+#: A typing or presence notice (PROTOCOL.md "Ephemeral frames").
+Ephemeral = wire.EphemeralTyping | wire.EphemeralPresence
+
+
+@dataclass(frozen=True, slots=True)
+class OtherEphemeral:
+    """An ``ephemeral`` frame of a kind this client does not know, or malformed:
+    skipped (PROTOCOL.md: clients ignore ephemeral kinds they do not know)."""
+
+    kind: object
+
+
+Frame = wire.Event | BadEvent | wire.Error | wire.Ok | Malformed | Ephemeral | OtherEphemeral
 #: The frames that belong to the event stream rather than to a command.
 EVENT_FRAMES = (wire.Event, BadEvent)
 
@@ -95,6 +108,30 @@ _frames: msgspec.json.Decoder[wire.Event | wire.Error | wire.Ok] = msgspec.json.
     wire.Event | wire.Error | wire.Ok
 )
 _heads = msgspec.json.Decoder(wire.Head)
+
+
+class _Kind(msgspec.Struct):
+    kind: object = None
+
+
+_kinds = msgspec.json.Decoder(_Kind)
+# Both are tagged "ephemeral", so no one union can hold them: the kind picks.
+_ephemerals: dict[object, msgspec.json.Decoder[Any]] = {
+    "typing": msgspec.json.Decoder(wire.EphemeralTyping),
+    "presence": msgspec.json.Decoder(wire.EphemeralPresence),
+}
+
+
+def _ephemeral(raw: str | bytes) -> Ephemeral | OtherEphemeral:
+    kind = _kinds.decode(raw).kind
+    decoder = _ephemerals.get(kind)
+    if decoder is None:
+        return OtherEphemeral(kind)
+    try:
+        frame: Ephemeral = decoder.decode(raw)
+    except msgspec.ValidationError:
+        return OtherEphemeral(kind)
+    return frame
 
 
 def read_frame(raw: str | bytes) -> Frame:
@@ -111,6 +148,8 @@ def read_frame(raw: str | bytes) -> Frame:
         head = _heads.decode(raw)
         if head.type == "event":
             return BadEvent(exc)
+        if head.type == "ephemeral":
+            return _ephemeral(raw)
         return Malformed(head.type, head.ref, exc)
 
 

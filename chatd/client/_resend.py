@@ -60,6 +60,8 @@ IDEMPOTENT: Mapping[type[wire.Command], bool] = MappingProxyType(
         wire.ChangePassword: False,
         wire.CreateInvite: False,
         wire.RevokeInvite: False,
+        # At most one a second is forwarded anyway: a repeat is harmless.
+        wire.Typing: True,
     }
 )
 

@@ -19,7 +19,7 @@ from typing import Literal, TypeVar
 
 from .. import wire
 from ..exceptions import ClientError, CommandTimeout, ResumeGap
-from ._replies import BadEvent
+from ._replies import BadEvent, Ephemeral
 
 log = logging.getLogger("chatd.client")
 
@@ -37,10 +37,13 @@ class StreamPosition:
     seq: int | None = None
     duplicates: int = 0
 
-    def subscribe(self, channels: Sequence[str] | None = None) -> wire.Subscribe:
+    def subscribe(
+        self, channels: Sequence[str] | None = None, ephemeral: bool = False
+    ) -> wire.Subscribe:
         """The command that continues the stream from here."""
         return wire.Subscribe(
-            since=self.seq, epoch=self.epoch, channels=list(channels) if channels else None
+            since=self.seq, epoch=self.epoch, channels=list(channels) if channels else None,
+            ephemeral=ephemeral,
         )
 
     def subscribed(self, ok: wire.SubscribeOk) -> None:
@@ -95,7 +98,7 @@ class _Overflow:
 
 
 _OVERFLOW = _Overflow()
-_Item = wire.Event | _Gap | _Stop | _Overflow
+_Item = wire.Event | Ephemeral | _Gap | _Stop | _Overflow
 
 
 @dataclass(eq=False)
@@ -107,6 +110,8 @@ class Subscription:
     channels: list[str] | None
     max_queued: int
     on_gap: Literal["reset", "raise"] = "reset"
+    #: also yield typing and presence frames (``subscribe`` with ``ephemeral``)
+    ephemeral: bool = False
     queue: asyncio.Queue[_Item] = field(default_factory=asyncio.Queue)
     # Established at least once and not waiting on the consumer (after a gap or an
     # overflow): a new connection must resubscribe before anything else.
@@ -120,7 +125,7 @@ class Subscription:
 
     def command(self) -> wire.Subscribe:
         """The subscribe that continues the stream from its position."""
-        return self.pos.subscribe(self.channels)
+        return self.pos.subscribe(self.channels, self.ephemeral)
 
     def subscribed(self, ok: wire.SubscribeOk) -> None:
         self.pos.subscribed(ok)
@@ -147,6 +152,13 @@ class Subscription:
             self.live = self.active = False
             self.queue.put_nowait(_OVERFLOW)
 
+    def take_ephemeral(self, frame: Ephemeral) -> None:
+        """A typing or presence frame: queued unless the queue is full. Dropped
+        then, never a reason to resubscribe: they are best effort and never
+        replayed, so waiting for the consumer could not bring them back."""
+        if self.queue.qsize() < self.max_queued:
+            self.queue.put_nowait(frame)
+
     def stop(self, error: BaseException) -> None:
         """End the stream: the consumer gets ``error`` after the events queued."""
         self.end()
@@ -159,7 +171,7 @@ class Subscription:
         self,
         subscribe: Callable[[], Awaitable[ResumeGap | None]],
         boot: Callable[[], Awaitable[wire.BootOk]],
-    ) -> wire.Event | Reset:
+    ) -> wire.Event | Ephemeral | Reset:
         """What the consumer gets next. ``subscribe`` (re)subscribes from the
         position and returns the gap if the server refused; ``boot`` is the
         snapshot a Reset carries."""
@@ -178,7 +190,7 @@ class Subscription:
                 self._resubscribe = True
                 return Reset(boot=snapshot, gap=gap)
             item = await self.queue.get()
-            if isinstance(item, wire.Event):
+            if isinstance(item, wire.Event | wire.EphemeralTyping | wire.EphemeralPresence):
                 return item
             if isinstance(item, _Gap):
                 self._gap = item.error

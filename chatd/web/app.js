@@ -162,6 +162,10 @@ class Connection {
       this.handlers.onEvent(msg);
       return;
     }
+    if (msg.type === "ephemeral") {
+      this.handlers.onEphemeral(msg);
+      return;
+    }
     const waiter = this.pending.get(msg.ref);
     if (!waiter) {
       if (msg.type === "error") this.handlers.onStrayError(new ServerError(msg));
@@ -347,7 +351,9 @@ class Session {
     let state = "connected";
     if (this.epoch !== null) {
       try {
-        await this.conn.request("subscribe", { since: this.lastSeq, epoch: this.epoch });
+        await this.conn.request("subscribe",
+          { since: this.lastSeq, epoch: this.epoch, ephemeral: true });
+        this.hooks.onResumed();
         this._goLive(state);
         return;
       } catch (err) {
@@ -367,7 +373,8 @@ class Session {
     this.epoch = boot.epoch;
     this.lastSeq = boot.resume_point;
     await this.hooks.onSnapshot(boot);
-    await this.conn.request("subscribe", { since: boot.resume_point, epoch: boot.epoch });
+    await this.conn.request("subscribe",
+      { since: boot.resume_point, epoch: boot.epoch, ephemeral: true });
   }
 
   _goLive(state) {
@@ -432,6 +439,7 @@ const els = {
   loginNotice: $("login-notice"), inviteBox: $("invite-box"), loginInvite: $("login-invite"),
   channelList: $("channel-list"), newChannelForm: $("new-channel-form"), newChannelName: $("new-channel-name"),
   title: $("channel-title"), notice: $("channel-notice"), messages: $("messages"),
+  typing: $("typing"),
   outbox: $("outbox"), composer: $("composer-form"), input: $("composer-input"),
   usersDialog: $("users-dialog"), usersRefresh: $("users-refresh"), usersError: $("users-error"),
   userList: $("user-list"), invites: $("invites"), inviteForm: $("invite-form"),
@@ -451,6 +459,9 @@ const app = {
   view: null, // the open channel, see newView
   users: [], // the users panel's list, as the last `users` reply had it
   usersLoad: 0, // a newer load makes the replies of older ones stale
+  online: new Set(), // ids of the users online now: boot's `online`, then presence frames
+  typing: new Map(), // channel id -> Map(user id -> { name, timer })
+  typingSent: new Map(), // channel id -> when this page last sent `typing` there
 };
 
 // A fresh object per opening, so late replies for an older view are dropped.
@@ -589,6 +600,7 @@ function renderView() {
   els.title.textContent = view ? view.channel.name : "No channel open";
   renderGone();
   renderOutbox();
+  renderTyping();
 }
 
 function renderGone() {
@@ -790,12 +802,14 @@ const eventHandlers = {
 
 function applyEvent(ev) {
   eventHandlers[ev.kind]?.(ev); // unknown kinds are from a newer server: skip
+  if (ev.kind === "message.sent") endTyping(ev.channel.id, ev.sender.id);
 }
 
 // The open channel is rebuilt from scratch: during a gap it may have lost
 // messages we still show, and no event for that will ever come.
 async function applySnapshot(boot) {
   showChat(boot.user);
+  setOnline(boot.online);
   app.channels = new Map(boot.channels.map((c) => [c.id, { id: c.id, name: c.name }]));
   app.unread.clear();
   const wanted = app.view?.channel.id ?? store.get(CHANNEL_KEY);
@@ -1074,7 +1088,7 @@ function renderUsers() {
     li.dataset.userId = user.id;
     li.classList.toggle("inactive", !user.active);
     const who = el("span", "user-who");
-    who.append(el("span", "user-name", user.name));
+    who.append(presenceDot(user.id), el("span", "user-name", user.name));
     if (user.id === app.me?.id) who.append(el("span", "user-you", "(you)"));
     who.append(
       el("span", `badge role-${user.role === "admin" ? "admin" : "member"}`, user.role),
@@ -1232,12 +1246,120 @@ function onDialogClick(e) {
   if (outside) dialog.close();
 }
 
+// ------------------------------------------------------ typing and presence
+//
+// Both arrive as `ephemeral` frames (subscribe with `ephemeral: true`): live
+// only, never replayed, so the page keeps them in memory and rebuilds the
+// online set from `boot` (and after a resume, which has no boot, from a fresh
+// one). A typing notice shows for TYPING_SHOW_MS unless repeated; the page
+// sends `typing` at most every TYPING_SEND_MS while the user types.
+
+const TYPING_SHOW_MS = 5000;
+const TYPING_SEND_MS = 3000;
+
+function applyEphemeral(msg) {
+  if (msg.kind === "typing") noteTyping(msg.channel.id, msg.user);
+  else if (msg.kind === "presence") notePresence(msg.user.id, msg.online === true);
+  // other kinds are from a newer server: skip
+}
+
+function noteTyping(channelId, user) {
+  if (user.id === app.me?.id) return; // our own other tab: not news to us
+  let users = app.typing.get(channelId);
+  if (!users) app.typing.set(channelId, users = new Map());
+  clearTimeout(users.get(user.id)?.timer);
+  const timer = setTimeout(() => endTyping(channelId, user.id), TYPING_SHOW_MS);
+  users.set(user.id, { name: user.name, timer });
+  if (app.view?.channel.id === channelId) renderTyping();
+}
+
+function endTyping(channelId, userId) {
+  const users = app.typing.get(channelId);
+  const entry = users?.get(userId);
+  if (!entry) return;
+  clearTimeout(entry.timer);
+  users.delete(userId);
+  if (users.size === 0) app.typing.delete(channelId);
+  if (app.view?.channel.id === channelId) renderTyping();
+}
+
+function clearTyping() {
+  for (const users of app.typing.values()) {
+    for (const entry of users.values()) clearTimeout(entry.timer);
+  }
+  app.typing.clear();
+  app.typingSent.clear();
+  renderTyping();
+}
+
+function renderTyping() {
+  const users = app.view && !app.view.gone ? app.typing.get(app.view.channel.id) : null;
+  const names = users ? [...users.values()].map((u) => u.name) : [];
+  let text = "";
+  if (names.length === 1) text = `${names[0]} is typing…`;
+  else if (names.length === 2) text = `${names[0]} and ${names[1]} are typing…`;
+  else if (names.length > 2) text = "Several people are typing…";
+  els.typing.textContent = text; // text, never HTML: names come from other users
+}
+
+function onComposerInput() {
+  const view = app.view;
+  if (!view || view.gone || !session.live || els.input.value.trim() === "") return;
+  const now = Date.now();
+  if (now - (app.typingSent.get(view.channel.id) ?? -Infinity) < TYPING_SEND_MS) return;
+  app.typingSent.set(view.channel.id, now);
+  // Best effort, like the frames it causes: a failure is not worth a message.
+  session.conn.request("typing", { channel: view.channel.id }).catch(() => {});
+}
+
+function setOnline(ids) {
+  app.online = new Set(Array.isArray(ids) ? ids : []);
+  renderPresenceDots();
+}
+
+function notePresence(userId, online) {
+  if (online) app.online.add(userId);
+  else app.online.delete(userId);
+  renderPresenceDots();
+}
+
+// After a resume (subscribe from our position, no boot) the presence frames
+// of the gap are lost for good: ask for the current set.
+async function refreshOnline() {
+  try {
+    setOnline((await session.conn.request("boot")).online);
+  } catch {
+    // offline again: the next resume asks again
+  }
+}
+
+// A dot for any list of users (the users panel; member lists use it too):
+// presenceDot(id) makes one, renderPresenceDots() keeps every one current.
+function presenceDot(userId) {
+  const dot = el("span", "presence-dot");
+  dot.dataset.presenceOf = userId;
+  paintDot(dot);
+  return dot;
+}
+
+function paintDot(dot) {
+  const online = app.online.has(dot.dataset.presenceOf);
+  dot.classList.toggle("online", online);
+  dot.title = online ? "online" : "offline";
+  dot.setAttribute("aria-label", dot.title);
+}
+
+function renderPresenceDots() {
+  document.querySelectorAll(".presence-dot").forEach(paintDot);
+}
+
 // ------------------------------------------------------------------ wiring
 
 const conn = new Connection(wsUrl(), {
   onOpen: () => session.onOpen(),
   onClose: (parked) => session.onClose(parked),
   onEvent: (ev) => session.onEvent(ev),
+  onEphemeral: (msg) => { if (app.me) applyEphemeral(msg); },
   onStrayError: showError,
   onTokenEnded: (reason) => session.onTokenEnded(reason),
   mayPark: () => session.mayPark(),
@@ -1246,7 +1368,7 @@ const conn = new Connection(wsUrl(), {
 const session = new Session(conn, {
   onState: setConnState,
   onLoggedIn: showChat,
-  onLoggedOut: showLogin,
+  onLoggedOut: () => { clearTyping(); setOnline([]); showLogin(); },
   onEnded: onSessionEnded,
   onSnapshot: applySnapshot,
   onEvent: applyEvent,
@@ -1255,6 +1377,7 @@ const session = new Session(conn, {
   },
   onOutbox: () => renderOutbox(),
   onLive,
+  onResumed: refreshOnline,
   onError: showError,
   onRecovered: clearErrorIf,
 });
@@ -1284,6 +1407,7 @@ els.messages.addEventListener("keydown", onEditKey);
 els.messages.addEventListener("scroll", maybeLoadOlder, { passive: true });
 els.composer.addEventListener("submit", onComposerSubmit);
 els.input.addEventListener("keydown", onComposerKey);
+els.input.addEventListener("input", onComposerInput);
 els.error.addEventListener("click", clearError);
 // Skip the rest of a backoff wait when the network or the tab comes back.
 window.addEventListener("online", () => conn.wake());

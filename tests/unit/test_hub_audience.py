@@ -54,10 +54,10 @@ async def test_each_user_gets_its_events_of_a_mixed_batch() -> None:
     sinks = {u: CountingSink() for u in ("a", "b", "c")}
     second_a = CountingSink()
     for u, sink in sinks.items():
-        hub.subscribe(sink, u, None, None)
-    hub.subscribe(second_a, "a", None, None)
+        hub.subscribe(sink, None, None, u)
+    hub.subscribe(second_a, None, None, "a")
     filtered = CountingSink()
-    hub.subscribe(filtered, "b", frozenset({"Cpriv"}), None)
+    hub.subscribe(filtered, frozenset({"Cpriv"}), None, "b")
     hub.publish([
         _event(1, "Cpub", None),
         _event(2, "Cpriv", {"a", "b"}),
@@ -78,9 +78,9 @@ async def test_a_restricted_batch_never_touches_the_others() -> None:
     members = {u: CountingSink() for u in ("m1", "m2")}
     others = [CountingSink() for _ in range(500)]
     for u, sink in members.items():
-        hub.subscribe(sink, u, None, None)
+        hub.subscribe(sink, None, None, u)
     for i, sink in enumerate(others):
-        hub.subscribe(sink, f"u{i}", None, None)
+        hub.subscribe(sink, None, None, f"u{i}")
     hub.publish([_event(1, "Cpriv", {"m1", "m2"}), _event(2, "Cpriv", {"m1", "m2"})])
     assert members["m1"].seqs == [1, 2] and members["m2"].seqs == [1, 2]
     assert all(s.asked == 0 and s.seqs == [] for s in others), (
@@ -94,7 +94,7 @@ async def test_a_restricted_batch_never_touches_the_others() -> None:
 async def test_an_unsubscribed_user_leaves_the_index() -> None:
     hub = Hub(0, _nothing)
     sink = CountingSink()
-    sub = hub.subscribe(sink, "a", None, None)
+    sub = hub.subscribe(sink, None, None, "a")
     hub.unsubscribe(sub)
     hub.publish([_event(1, "Cpriv", {"a"})])
     assert sink.seqs == [] and hub._by_user == {}
