@@ -220,3 +220,30 @@ async def test_unread_badges_agree_across_two_tabs(daemon: Daemon, browsers: Bro
         await expect(badge(tab_b, "team")).to_be_hidden()
     for tab in (tab_a, tab_b):
         await assert_clean(tab)
+
+
+async def test_members_and_dms_at_phone_width(daemon: Daemon, browsers: Browsers) -> None:
+    async with client(daemon.url, "a-rather-long-user-name-that-must-wrap-somewhere"):
+        pass
+    alice = await person(browsers, daemon.http, "alice", width=375, height=740, mobile=True)
+    await alice.login(daemon.http)
+    await alice.loc("#new-channel-private").check()
+    await alice.create_channel("phone-plans")
+    await pick(alice, "#dm-user", "a-rather-long-user-name-that-must-wrap-somewhere")
+    await alice.loc("#new-dm-form button[type=submit]").click()
+    await expect(alice.loc("#dm-list > li")).to_have_count(1)
+    await alice.open_channel("phone-plans")
+    for selector in ("#members-open", "#dm-user", "#new-channel-private"):
+        await expect(alice.loc(selector)).to_be_in_viewport()
+    width = await alice.page.evaluate("document.documentElement.scrollWidth")
+    assert width <= 375, f"the page is {width}px wide at phone width"
+    await alice.loc("#members-open").click()
+    await pick(alice, "#add-member-user", "a-rather-long-user-name-that-must-wrap-somewhere")
+    await alice.loc("#add-member-form button[type=submit]").click()
+    await expect(alice.loc("#member-list .member")).to_have_count(2)
+    for selector in ("#add-member-form button", "#leave-channel", "#member-list .remove-member"):
+        await expect(alice.loc(selector)).to_be_in_viewport()
+    width = await alice.page.evaluate("document.documentElement.scrollWidth")
+    assert width <= 375, f"the page is {width}px wide at phone width with the members panel"
+    await alice.shot("members-phone")
+    await assert_clean(alice)
