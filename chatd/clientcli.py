@@ -145,6 +145,10 @@ def format_event(event: wire.Event) -> str:
         return f"{head} channel created"
     if event.kind == "channel.deleted":
         return f"{head} channel deleted"
+    if event.kind in ("member.added", "member.removed") and event.user is not None:
+        return f"{head} {_member_change(event.kind, event.user, event.by)}"
+    if event.kind == "read.updated":
+        return f"{head} read up to {event.read_seq} ({event.unread} unread)"
     return f"{head} {event.kind}"
 
 
@@ -200,9 +204,11 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="read the password from stdin instead of asking for it",
     )
     add("logout", cmd_logout, "end the saved token on the server and forget it")
-    add("channels", cmd_channels, "list the channels: id, then name")
+    add("channels", cmd_channels, "list the channels you can see: id, name, kind")
     p = add("create-channel", cmd_create_channel, "create a channel")
     p.add_argument("name")
+    p.add_argument("--private", action="store_true",
+                   help="only its members see it (you are the first; add others with add-member)")
     p = add("send", cmd_send, "send a message")
     p.add_argument("channel", metavar="CHANNEL", help="channel name or id")
     p.add_argument("text", metavar="TEXT")
@@ -240,6 +246,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         p.add_argument("name", help="user name")
         if name == "set-role":
             p.add_argument("role", choices=["admin", "member"])
+    _register_members(add)
 
 
 def _run(
@@ -360,8 +367,13 @@ async def _channels(args: argparse.Namespace) -> int:
     async with _client(args, ONE_SHOT_DELAYS) as client:
         boot = await client.boot()
     for channel in boot.channels:
-        _print(f"{channel.id}\t{escape(channel.name)}")
+        _print(_channel_line(channel))
     return 0
+
+
+def _channel_line(channel: wire.Channel | wire.BootChannel) -> str:
+    """``id, name, kind``: the kind column marks the private and dm channels."""
+    return f"{channel.id}\t{escape(channel.name)}\t{channel.kind}"
 
 
 def cmd_create_channel(args: argparse.Namespace) -> int:
@@ -370,8 +382,8 @@ def cmd_create_channel(args: argparse.Namespace) -> int:
 
 async def _create_channel(args: argparse.Namespace) -> int:
     async with _client(args, ONE_SHOT_DELAYS) as client:
-        ok = await client.create_channel(args.name)
-    _print(f"{ok.channel.id}\t{escape(ok.channel.name)}")
+        ok = await client.create_channel(args.name, private=args.private)
+    _print(_channel_line(ok.channel))
     return 0
 
 
@@ -530,4 +542,142 @@ async def _edit(args: argparse.Namespace) -> int:
     async with _client(args, ONE_SHOT_DELAYS) as client:
         ok = await client.edit_message(args.message, args.text)
     _print(f"edited {ok.message.id} (seq {ok.message.seq}) in #{escape(ok.channel.name)}")
+    return 0
+
+
+# ------------------------------------------------ membership, dms, read positions
+
+
+def _member_change(kind: str, user: wire.User, by: wire.User | None) -> str:
+    who = escape(user.name)
+    if kind == "member.added":
+        return f"{who} added" + (f" by {escape(by.name)}" if by is not None else "")
+    if by is None or by.id == user.id:
+        return f"{who} left"
+    return f"{who} removed by {escape(by.name)}"
+
+
+def _register_members(add: Callable[[str, Callable[[argparse.Namespace], int], str], Any]) -> None:
+    p = add("dm", cmd_dm, "send a direct message to a user (opens the conversation on first use)")
+    p.add_argument("user", metavar="USER", help="user name (chatd users lists them)")
+    p.add_argument("text", metavar="TEXT")
+    p = add("members", cmd_members, "list the members of a private or dm channel: id, name")
+    p.add_argument("channel", metavar="CHANNEL", help="channel name or id")
+    p = add("add-member", cmd_add_member, "add a user to a private channel you are a member of")
+    p.add_argument("channel", metavar="CHANNEL", help="channel name or id")
+    p.add_argument("user", metavar="USER", help="user name")
+    p = add("remove-member", cmd_remove_member,
+            "remove a user from a private channel (its creator or an admin)")
+    p.add_argument("channel", metavar="CHANNEL", help="channel name or id")
+    p.add_argument("user", metavar="USER", help="user name")
+    p = add("leave", cmd_leave, "leave a private channel (it disappears from your list)")
+    p.add_argument("channel", metavar="CHANNEL", help="channel name or id")
+    add("unread", cmd_unread, "list the channels you can see with their unread counts: "
+        "name, kind, unread")
+    p = add("read", cmd_read, "mark a channel read up to now")
+    p.add_argument("channel", metavar="CHANNEL", help="channel name or id")
+
+
+async def _user_by_name(client: Client, name: str) -> wire.Account:
+    """A user by name, compared the way the server compares names."""
+    key = name_key(unicodedata.normalize("NFC", name).strip())
+    for user in (await client.users()).users:
+        if name_key(user.name) == key:
+            return user
+    raise CliError(f"no user named {name!r} (see 'chatd users')")
+
+
+async def _channel_by_ref(client: Client, ref: str) -> wire.BootChannel:
+    return resolve_channel((await client.boot()).channels, ref)
+
+
+def cmd_dm(args: argparse.Namespace) -> int:
+    return _run(args, _dm)
+
+
+async def _dm(args: argparse.Namespace) -> int:
+    async with _client(args, ONE_SHOT_DELAYS) as client:
+        user = await _user_by_name(client, args.user)
+        channel = (await client.open_dm(user.id)).channel
+        ok = await client.send(channel.id, args.text)
+    _print(f"sent {ok.message.id} (seq {ok.message.seq}) to #{escape(channel.name)}")
+    return 0
+
+
+def cmd_members(args: argparse.Namespace) -> int:
+    return _run(args, _members)
+
+
+async def _members(args: argparse.Namespace) -> int:
+    async with _client(args, ONE_SHOT_DELAYS) as client:
+        channel = await _channel_by_ref(client, args.channel)
+        if channel.kind == "public":
+            raise CliError(f"#{escape(channel.name)} is public: every user sees it")
+        ok = await client.members(channel.id)
+    for member in ok.members:
+        _print(f"{member.id}\t{escape(member.name)}")
+    return 0
+
+
+def cmd_add_member(args: argparse.Namespace) -> int:
+    return _run(args, _add_member)
+
+
+async def _add_member(args: argparse.Namespace) -> int:
+    async with _client(args, ONE_SHOT_DELAYS) as client:
+        channel = await _channel_by_ref(client, args.channel)
+        user = await _user_by_name(client, args.user)
+        ok = await client.add_member(channel.id, user.id)
+    _print(f"added {escape(ok.user.name)} to #{escape(ok.channel.name)}")
+    return 0
+
+
+def cmd_remove_member(args: argparse.Namespace) -> int:
+    return _run(args, _remove_member)
+
+
+async def _remove_member(args: argparse.Namespace) -> int:
+    async with _client(args, ONE_SHOT_DELAYS) as client:
+        channel = await _channel_by_ref(client, args.channel)
+        user = await _user_by_name(client, args.user)
+        ok = await client.remove_member(channel.id, user.id)
+    _print(f"removed {escape(ok.user.name)} from #{escape(ok.channel.name)}")
+    return 0
+
+
+def cmd_leave(args: argparse.Namespace) -> int:
+    return _run(args, _leave)
+
+
+async def _leave(args: argparse.Namespace) -> int:
+    async with _client(args, ONE_SHOT_DELAYS) as client:
+        channel = await _channel_by_ref(client, args.channel)
+        ok = await client.leave(channel.id)
+    _print(f"left #{escape(ok.channel.name)}")
+    return 0
+
+
+def cmd_unread(args: argparse.Namespace) -> int:
+    return _run(args, _unread)
+
+
+async def _unread(args: argparse.Namespace) -> int:
+    async with _client(args, ONE_SHOT_DELAYS) as client:
+        boot = await client.boot()
+    for channel in boot.channels:
+        _print(f"{escape(channel.name)}\t{channel.kind}\t{channel.unread}")
+    return 0
+
+
+def cmd_read(args: argparse.Namespace) -> int:
+    return _run(args, _read)
+
+
+async def _read(args: argparse.Namespace) -> int:
+    async with _client(args, ONE_SHOT_DELAYS) as client:
+        boot = await client.boot()
+        channel = resolve_channel(boot.channels, args.channel)
+        # Up to the snapshot's position: everything the user could have been shown.
+        ok = await client.mark_read(channel.id, boot.resume_point)
+    _print(f"#{escape(ok.channel.name)} read up to seq {ok.read_seq}; {ok.unread} unread")
     return 0

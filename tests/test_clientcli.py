@@ -166,9 +166,9 @@ async def test_login_send_history_and_tail_json_across_a_restart(
     assert stat.S_IMODE(tokens.stat().st_mode) == 0o600
     assert PASSWORD not in tokens.read_text()
 
-    cid, name = (await cli.ok("create-channel", "general")).strip().split("\t")
-    assert cid.startswith("C") and name == "general"
-    assert (await cli.ok("channels")).splitlines() == [f"{cid}\tgeneral"]
+    cid, name, kind = (await cli.ok("create-channel", "general")).strip().split("\t")
+    assert cid.startswith("C") and name == "general" and kind == "public"
+    assert (await cli.ok("channels")).splitlines() == [f"{cid}\tgeneral\tpublic"]
 
     tail = await cli.spawn("tail", "--json", "--since", "0")
     try:

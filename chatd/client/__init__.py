@@ -25,10 +25,11 @@ What survives a dropped connection, and what does not:
 
 * Commands not yet written wait for the next connection (up to their timeout).
 * Commands whose effect is idempotent (``send`` with its nonce, ``boot``,
-  ``history``, ``ping``, ``subscribe``) are written again on the next connection
-  when the old one dropped before their reply.
-* ``create_channel``, ``delete_channel``, ``delete_message`` and ``logout`` are
-  not repeated: their outcome is unknown, so they fail with
+  ``history``, ``ping``, ``subscribe``, ``open_dm``, ``add_member``,
+  ``members``, ``mark_read``) are written again on the next connection when the
+  old one dropped before their reply.
+* ``create_channel``, ``delete_channel``, ``delete_message``, ``remove_member``
+  (and so ``leave``) and ``logout`` are not repeated: their outcome is unknown, so they fail with
   :class:`ConnectionLost` instead of answering ``conflict`` or ``not_found`` for
   a change that did happen.
 * ``unavailable`` (a draining or overloaded server) makes idempotent commands

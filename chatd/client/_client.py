@@ -33,6 +33,7 @@ from ..exceptions import (
 )
 from ._reconnect import Reconnector, backoff, close_quietly, describe
 from ._replies import (
+    ADD_MEMBER,
     AUTH,
     BOOT,
     CHANGE_PASSWORD,
@@ -47,8 +48,12 @@ from ._replies import (
     LIST_INVITES,
     LOGIN,
     LOGOUT,
+    MARK_READ,
+    MEMBERS,
+    OPEN_DM,
     PING,
     REACTIVATE_USER,
+    REMOVE_MEMBER,
     REVOKE_INVITE,
     SEND,
     SET_ROLE,
@@ -220,8 +225,10 @@ class Client:
     async def ping(self) -> wire.Ok:
         return await self._call(PING, wire.Ping)
 
-    async def create_channel(self, name: str) -> wire.ChannelOk:
-        cmd = wire.CreateChannel(name=name)
+    async def create_channel(self, name: str, private: bool = False) -> wire.ChannelOk:
+        """A public channel, or with ``private=True`` one only its members see
+        (this user is its first member)."""
+        cmd = wire.CreateChannel(name=name, private=private)
         return await self._call(CREATE_CHANNEL, lambda: cmd)
 
     async def delete_channel(self, channel_id: str) -> wire.ChannelOk:
@@ -258,6 +265,47 @@ class Client:
         while the user types, not on every key."""
         cmd = wire.Typing(channel=channel_id)
         return await self._call(TYPING, lambda: cmd)
+
+    # ---------------------------------------------------------------- membership, read positions
+
+    async def open_dm(self, user_id: str) -> wire.OpenDmOk:
+        """The direct-message channel with ``user_id``, made on first use.
+
+        ``created`` says whether this call made it; a call repeated after a
+        dropped connection may say False for a channel that it did make.
+        """
+        cmd = wire.OpenDm(user=user_id)
+        return await self._call(OPEN_DM, lambda: cmd)
+
+    async def add_member(self, channel_id: str, user_id: str) -> wire.MemberOk:
+        """Add a user to a private channel this user is a member of."""
+        cmd = wire.AddMember(channel=channel_id, user=user_id)
+        return await self._call(ADD_MEMBER, lambda: cmd)
+
+    async def remove_member(self, channel_id: str, user_id: str) -> wire.MemberOk:
+        """Remove a member of a private channel (oneself, or anyone as its
+        creator or an admin)."""
+        cmd = wire.RemoveMember(channel=channel_id, user=user_id)
+        return await self._call(REMOVE_MEMBER, lambda: cmd)
+
+    async def leave(self, channel_id: str) -> wire.MemberOk:
+        """Leave a private channel: ``remove_member`` of this client's own user."""
+        self._check_open()
+        if self.user is None:
+            # Only before the first login has completed; commands wait for it, this cannot.
+            raise ClientError("leave() needs the logged-in user: call it after connect()")
+        return await self.remove_member(channel_id, self.user.id)
+
+    async def members(self, channel_id: str) -> wire.MembersOk:
+        """The current members of a private or dm channel (a public one is BadRequest)."""
+        cmd = wire.Members(channel=channel_id)
+        return await self._call(MEMBERS, lambda: cmd)
+
+    async def mark_read(self, channel_id: str, seq: int) -> wire.MarkReadOk:
+        """Move this user's read position in a channel forward to ``seq``
+        (never back); the reply has the position and unread count after it."""
+        cmd = wire.MarkRead(channel=channel_id, seq=seq)
+        return await self._call(MARK_READ, lambda: cmd)
 
     # ---------------------------------------------------------------- accounts
 

@@ -69,6 +69,11 @@ SET_ROLE = Op(wire.SetRole, wire.AccountOk)
 DEACTIVATE_USER = Op(wire.DeactivateUser, wire.AccountOk)
 REACTIVATE_USER = Op(wire.ReactivateUser, wire.AccountOk)
 TYPING = Op(wire.Typing, wire.Ok)
+OPEN_DM = Op(wire.OpenDm, wire.OpenDmOk)
+ADD_MEMBER = Op(wire.AddMember, wire.MemberOk)
+REMOVE_MEMBER = Op(wire.RemoveMember, wire.MemberOk)
+MEMBERS = Op(wire.Members, wire.MembersOk)
+MARK_READ = Op(wire.MarkRead, wire.MarkReadOk)
 
 
 @dataclass(frozen=True, slots=True)

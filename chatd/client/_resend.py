@@ -6,9 +6,10 @@ drops first, the client cannot know whether the server acted on the command.
 Commands whose effect is idempotent are written again on the next connection:
 ``send`` carries a nonce, fixed when the call is made, with which the server
 answers a repeat with the first ``ok``; ``boot``, ``history``, ``ping``,
-``subscribe`` and ``unsubscribe`` only read, or set state of the connection.
+``subscribe`` and ``unsubscribe`` only read, or set state of the connection;
+``open_dm``, ``add_member`` and ``mark_read`` end where once did.
 The others (``create_channel``, ``delete_channel``, ``delete_message``,
-``logout``) fail with :class:`~chatd.exceptions.ConnectionLost`: written again,
+``remove_member``, ``logout``) fail with :class:`~chatd.exceptions.ConnectionLost`: written again,
 ``create_channel`` would answer ``conflict`` and ``delete_*`` ``not_found`` for
 a change that did happen. The caller gets "outcome unknown" and can look (boot,
 history) instead of getting a wrong answer.
@@ -62,6 +63,15 @@ IDEMPOTENT: Mapping[type[wire.Command], bool] = MappingProxyType(
         wire.RevokeInvite: False,
         # At most one a second is forwarded anyway: a repeat is harmless.
         wire.Typing: True,
+        # One dm per pair: a repeat answers the same channel (with created=False).
+        wire.OpenDm: True,
+        # Adding a member again answers ok and emits nothing.
+        wire.AddMember: True,
+        # A repeat would answer not_found for a removal that did happen.
+        wire.RemoveMember: False,
+        wire.Members: True,
+        # The read position only moves forward: a repeat is a no-op.
+        wire.MarkRead: True,
     }
 )
 

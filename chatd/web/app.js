@@ -454,8 +454,8 @@ const els = {
 
 const app = {
   me: null, // { id, name, role? }: role comes with boot and the users list
-  channels: new Map(), // id -> { id, name }, in boot order then creation order
-  unread: new Set(),
+  channels: new Map(), // id -> { id, name, kind, members? }, in boot order then creation order
+  unread: new Map(), // id -> read state, see "unread counts"
   view: null, // the open channel, see newView
   users: [], // the users panel's list, as the last `users` reply had it
   usersLoad: 0, // a newer load makes the replies of older ones stale
@@ -509,6 +509,7 @@ function showLogin() {
   app.usersLoad++;
   app.channels.clear();
   app.unread.clear();
+  resetMembership();
   app.view = null;
   els.splash.hidden = true;
   els.chatView.hidden = true;
@@ -580,7 +581,6 @@ function renderChannels() {
     li.dataset.channelId = channel.id;
     const open = app.view?.channel.id === channel.id;
     li.classList.toggle("active", open);
-    li.classList.toggle("unread", app.unread.has(channel.id));
     const name = el("button", "channel-name", channel.name);
     name.type = "button";
     if (open) name.setAttribute("aria-current", "true");
@@ -589,16 +589,18 @@ function renderChannels() {
     del.title = "Delete channel";
     del.setAttribute("aria-label", `Delete channel ${channel.name}`);
     li.append(name, del);
+    decorateChannel(li, channel);
     return li;
   });
-  els.channelList.replaceChildren(...items);
+  placeChannels(items);
 }
 
 function renderView() {
   const view = app.view;
   els.messages.replaceChildren();
-  els.title.textContent = view ? view.channel.name : "No channel open";
+  els.title.textContent = view ? channelLabel(view.channel) : "No channel open";
   renderGone();
+  renderPaneHead();
   renderOutbox();
   renderTyping();
 }
@@ -754,15 +756,15 @@ function openChannel(id) {
   const channel = app.channels.get(id);
   if (!channel) return;
   store.set(CHANNEL_KEY, id);
-  app.unread.delete(id);
   app.view = newView(channel);
   renderView();
   renderChannels();
-  loadPage(app.view, false).catch(reportUnlessOffline);
+  loadPage(app.view, false).then(markSeen, reportUnlessOffline);
 }
 
 function addChannel(channel) {
-  app.channels.set(channel.id, { id: channel.id, name: channel.name });
+  app.channels.set(channel.id, channelEntry(channel));
+  if (!app.unread.has(channel.id)) app.unread.set(channel.id, newReadState(0));
   renderChannels();
 }
 
@@ -777,7 +779,10 @@ function removeChannel(channel) {
 }
 
 const eventHandlers = {
-  "channel.created": (ev) => addChannel(ev.channel),
+  "channel.created": (ev) => {
+    channelCreated(ev.channel);
+    addChannel(ev.channel);
+  },
   "channel.deleted": (ev) => removeChannel(ev.channel),
   "message.sent": (ev) => {
     const msg = {
@@ -786,13 +791,12 @@ const eventHandlers = {
     };
     if (app.view?.channel.id === ev.channel.id) {
       withScroll("follow", () => insertMessage(msg));
-    } else if (app.channels.has(ev.channel.id)) {
-      app.unread.add(ev.channel.id);
-      renderChannels();
     }
+    countMessage(ev);
   },
   "message.deleted": (ev) => {
     if (app.view?.channel.id === ev.channel.id) removeMessage(ev.message.id);
+    forgetMessage(ev);
   },
   "message.edited": (ev) => {
     if (app.view?.channel.id !== ev.channel.id) return;
@@ -810,8 +814,8 @@ function applyEvent(ev) {
 async function applySnapshot(boot) {
   showChat(boot.user);
   setOnline(boot.online);
-  app.channels = new Map(boot.channels.map((c) => [c.id, { id: c.id, name: c.name }]));
-  app.unread.clear();
+  app.channels = new Map(boot.channels.map((c) => [c.id, channelEntry(c)]));
+  membershipFromSnapshot(boot);
   const wanted = app.view?.channel.id ?? store.get(CHANNEL_KEY);
   if (wanted && app.channels.has(wanted)) {
     app.view = newView(app.channels.get(wanted));
@@ -819,6 +823,7 @@ async function applySnapshot(boot) {
     renderChannels();
     try {
       await loadPage(app.view, false);
+      markSeen();
     } catch (err) {
       if (err.code === "connection_lost") throw err;
       showError(err);
@@ -866,8 +871,9 @@ async function onNewChannelSubmit(e) {
   const name = els.newChannelName.value;
   if (!name.trim()) return;
   try {
-    const ok = await session.conn.request("create_channel", { name });
+    const ok = await session.conn.request("create_channel", newChannelArgs(name));
     els.newChannelName.value = "";
+    channelCreated(ok.channel);
     addChannel(ok.channel);
     openChannel(ok.channel.id);
   } catch (err) {
@@ -1030,7 +1036,9 @@ function onComposerKey(e) {
 // the admin controls only spare a member some `forbidden` replies.
 
 function closeDialogs() {
-  for (const dialog of [els.usersDialog, els.passwordDialog]) if (dialog.open) dialog.close();
+  for (const dialog of [els.usersDialog, els.passwordDialog, memberEls.membersDialog]) {
+    if (dialog.open) dialog.close();
+  }
 }
 
 function isAdmin() {
@@ -1353,6 +1361,435 @@ function renderPresenceDots() {
   document.querySelectorAll(".presence-dot").forEach(paintDot);
 }
 
+// ------------------------------------- private channels, dms, membership
+//
+// A channel is { id, name, kind, members? }: kind is public, private or dm,
+// and a dm carries its members (boot, channel.created, open_dm). The server
+// sends a page only what its user can see, so the page adds a channel on its
+// channel.created (private and dm ones reach members only) or on our own
+// member.added, and drops it on channel.deleted or our own member.removed.
+// The server decides who may do what: the controls only spare a user some
+// `forbidden` replies.
+
+const memberEls = {
+  newChannelPrivate: $("new-channel-private"),
+  dmList: $("dm-list"), dmForm: $("new-dm-form"), dmUser: $("dm-user"),
+  membersOpen: $("members-open"), membersDialog: $("members-dialog"),
+  membersTitle: $("members-title"), membersError: $("members-error"),
+  memberList: $("member-list"), addMemberForm: $("add-member-form"),
+  addMemberUser: $("add-member-user"), leave: $("leave-channel"),
+};
+
+const membership = {
+  people: [], // active users, for the two pickers
+  peopleLoad: 0, // a newer `users` load makes the replies of older ones stale
+  // Private channels we saw ourselves create (their channel.created reaches
+  // only the creator): the creator may remove anyone. Lost on reload, when
+  // the Remove buttons go, but the server still lets the creator remove.
+  created: new Set(),
+  membersOf: null, // the channel id the members dialog shows
+  members: [],
+  membersLoad: 0,
+};
+
+function resetMembership() {
+  membership.people = [];
+  membership.peopleLoad++;
+  membership.created.clear();
+  membership.membersOf = null;
+  membership.members = [];
+  membership.membersLoad++;
+}
+
+function channelEntry(channel) {
+  const entry = { id: channel.id, name: channel.name, kind: channel.kind || "public" };
+  if (Array.isArray(channel.members)) entry.members = channel.members;
+  return entry;
+}
+
+function channelCreated(channel) {
+  if (channel.kind === "private") membership.created.add(channel.id);
+}
+
+function newChannelArgs(name) {
+  const args = { name };
+  if (memberEls.newChannelPrivate.checked) args.private = true;
+  return args;
+}
+
+// A dm is shown by who else is in it (by one's own name when alone in it).
+function channelLabel(channel) {
+  if (channel.kind !== "dm" || !Array.isArray(channel.members)) return channel.name;
+  const others = channel.members.filter((u) => u.id !== app.me?.id);
+  return others.length ? others.map((u) => u.name).join(", ") : channel.name;
+}
+
+// renderChannels builds every item alike; this adds what the kind and the
+// read state change, and puts dms in their own list.
+function decorateChannel(li, channel) {
+  li.dataset.kind = channel.kind;
+  const name = li.querySelector(".channel-name");
+  if (channel.kind === "private") li.prepend(lockIcon());
+  if (channel.kind === "dm") {
+    name.textContent = channelLabel(channel);
+    li.querySelector(".delete-channel")?.remove(); // dms only expire
+  }
+  const count = isViewing(channel.id) ? 0 : unreadCount(channel.id);
+  li.classList.toggle("unread", count > 0);
+  const badge = el("span", "unread-badge", count > 99 ? "99+" : String(count));
+  badge.title = `${count} unread`;
+  badge.hidden = count === 0;
+  name.after(badge);
+}
+
+// Drawn, not an emoji: not every system has a font with one.
+function lockIcon() {
+  const ns = "http://www.w3.org/2000/svg";
+  const svg = document.createElementNS(ns, "svg");
+  svg.setAttribute("viewBox", "0 0 16 16");
+  svg.setAttribute("class", "channel-lock");
+  svg.setAttribute("role", "img");
+  svg.setAttribute("aria-label", "private");
+  const title = document.createElementNS(ns, "title");
+  title.textContent = "Private channel";
+  const shackle = document.createElementNS(ns, "path");
+  shackle.setAttribute("d", "M5 7V5a3 3 0 0 1 6 0v2");
+  shackle.setAttribute("class", "lock-shackle");
+  const body = document.createElementNS(ns, "rect");
+  body.setAttribute("x", "3");
+  body.setAttribute("y", "7");
+  body.setAttribute("width", "10");
+  body.setAttribute("height", "8");
+  body.setAttribute("rx", "1.5");
+  svg.append(title, shackle, body);
+  return svg;
+}
+
+function placeChannels(items) {
+  els.channelList.replaceChildren(...items.filter((li) => li.dataset.kind !== "dm"));
+  memberEls.dmList.replaceChildren(...items.filter((li) => li.dataset.kind === "dm"));
+}
+
+function membershipFromSnapshot(boot) {
+  readsFromSnapshot(boot);
+  loadPeopleQuietly();
+}
+
+function renderPaneHead() {
+  const view = app.view;
+  memberEls.membersOpen.hidden = !view || view.gone || view.channel.kind !== "private";
+}
+
+// Our own member.removed (we left, or were removed): the channel and what we
+// saw of it go, as if we never had it. A later member.added brings it back.
+function dropChannel(id) {
+  app.channels.delete(id);
+  app.unread.delete(id);
+  if (app.view?.channel.id === id) {
+    app.view = null;
+    store.set(CHANNEL_KEY, null);
+    renderView();
+  }
+  if (membership.membersOf === id && memberEls.membersDialog.open) {
+    memberEls.membersDialog.close();
+  }
+  renderChannels();
+}
+
+Object.assign(eventHandlers, {
+  "member.added": (ev) => {
+    if (ev.user?.id === app.me?.id) {
+      // What came before the user joined is not unread (PROTOCOL.md).
+      app.unread.set(ev.channel.id, newReadState(ev.seq));
+      addChannel(ev.channel);
+    }
+    if (membership.membersOf === ev.channel.id) loadMembers();
+  },
+  "member.removed": (ev) => {
+    if (ev.user?.id === app.me?.id) dropChannel(ev.channel.id);
+    else if (membership.membersOf === ev.channel.id) loadMembers();
+  },
+  "read.updated": (ev) => applyRead(ev.channel.id, ev.read_seq, ev.unread, ev.seq),
+});
+
+// --- the user pickers (dm, add member): active users, asked for when needed
+
+async function loadPeople() {
+  const load = ++membership.peopleLoad;
+  const ok = await session.conn.request("users");
+  if (load !== membership.peopleLoad) return;
+  membership.people = ok.users.filter((u) => u.active);
+  renderPickers();
+}
+
+function loadPeopleQuietly() {
+  loadPeople().catch((err) => { if (err.code !== "connection_lost") showError(err); });
+}
+
+function fillPicker(select, placeholder, users) {
+  const keep = select.value;
+  select.replaceChildren(new Option(placeholder, ""), ...users.map((u) => new Option(u.name, u.id)));
+  if (users.some((u) => u.id === keep)) select.value = keep;
+}
+
+function renderPickers() {
+  fillPicker(memberEls.dmUser, "Message a user…",
+    membership.people.filter((u) => u.id !== app.me?.id));
+  const inside = new Set(membership.members.map((u) => u.id));
+  fillPicker(memberEls.addMemberUser, "Add a member…",
+    membership.people.filter((u) => !inside.has(u.id)));
+}
+
+async function onDmSubmit(e) {
+  e.preventDefault();
+  const user = memberEls.dmUser.value;
+  if (!user) return;
+  clearError();
+  try {
+    const ok = await session.conn.request("open_dm", { user });
+    memberEls.dmUser.value = "";
+    addChannel(ok.channel);
+    openChannel(ok.channel.id);
+  } catch (err) {
+    showError(err);
+  }
+}
+
+// --- the members dialog of a private channel
+
+function setMembersError(err) {
+  memberEls.membersError.textContent = err ? (err instanceof Error ? err.message : String(err)) : "";
+}
+
+function openMembers() {
+  const view = app.view;
+  if (!view || view.gone || view.channel.kind !== "private") return;
+  clearError();
+  membership.membersOf = view.channel.id;
+  membership.members = [];
+  memberEls.membersTitle.textContent = `Members of ${view.channel.name}`;
+  setMembersError(null);
+  renderMembers();
+  renderPickers();
+  if (!memberEls.membersDialog.open) memberEls.membersDialog.showModal();
+  loadMembers();
+  loadPeople().catch(setMembersError);
+}
+
+async function loadMembers() {
+  const id = membership.membersOf;
+  if (!id) return;
+  const load = ++membership.membersLoad;
+  try {
+    const ok = await session.conn.request("members", { channel: id });
+    if (load !== membership.membersLoad || id !== membership.membersOf) return;
+    membership.members = ok.members;
+    renderMembers();
+    renderPickers();
+  } catch (err) {
+    if (load === membership.membersLoad) setMembersError(err);
+  }
+}
+
+function renderMembers() {
+  const id = membership.membersOf;
+  const mayRemove = isAdmin() || membership.created.has(id);
+  const items = membership.members.map((user) => {
+    const li = el("li", "member");
+    li.dataset.userId = user.id;
+    li.append(el("span", "member-name", user.name));
+    if (user.id === app.me?.id) {
+      li.append(el("span", "user-you", "(you)"));
+    } else if (mayRemove) {
+      const remove = el("button", "remove-member", "Remove");
+      remove.type = "button";
+      remove.setAttribute("aria-label", `Remove ${user.name}`);
+      li.append(remove);
+    }
+    return li;
+  });
+  memberEls.memberList.replaceChildren(...items);
+}
+
+// One dialog action with its button disabled; errors show in the dialog.
+async function membersAction(button, op, args, after) {
+  setMembersError(null);
+  button.disabled = true;
+  try {
+    await session.conn.request(op, args);
+    after();
+  } catch (err) {
+    setMembersError(err);
+  } finally {
+    button.disabled = false;
+  }
+}
+
+function onMemberListClick(e) {
+  const button = e.target.closest("button.remove-member");
+  const user = button?.closest("li[data-user-id]")?.dataset.userId;
+  if (!user || !membership.membersOf) return;
+  membersAction(button, "remove_member", { channel: membership.membersOf, user }, loadMembers);
+}
+
+function onAddMemberSubmit(e) {
+  e.preventDefault();
+  const user = memberEls.addMemberUser.value;
+  if (!user || !membership.membersOf) return;
+  const button = memberEls.addMemberForm.querySelector("button[type=submit]");
+  membersAction(button, "add_member", { channel: membership.membersOf, user }, () => {
+    memberEls.addMemberUser.value = "";
+    loadMembers();
+  });
+}
+
+function onLeaveClick() {
+  const id = membership.membersOf;
+  if (!id || !app.me) return;
+  membersAction(memberEls.leave, "remove_member", { channel: id, user: app.me.id },
+    () => dropChannel(id));
+}
+
+// ------------------------------------------------------------ unread counts
+//
+// Per channel: the read position and the messages from others above it, by
+// id, so that a deletion takes exactly its own message off the count. boot
+// gives only a number; the ids behind it are learnt from history in the
+// background (up to LEARN_PAGES pages; past that boot's number stays as
+// `extra`, exact until one of those messages is deleted). A read.updated,
+// ours or another tab's, moves the position and drops what it covers, so the
+// tabs of one user agree. The open channel, while the tab is visible, is
+// marked read up to its newest message.
+
+const LEARN_PAGES = 4;
+const LEARN_PAGE_SIZE = 500;
+
+function newReadState(readSeq, unread = 0) {
+  return { readSeq, msgs: new Map(), extra: unread, deleted: null, asked: 0 };
+}
+
+function unreadCount(id) {
+  const s = app.unread.get(id);
+  return s ? s.msgs.size + s.extra : 0;
+}
+
+function fromOther(sender) {
+  return !app.me || sender?.id !== app.me.id;
+}
+
+function isViewing(id) {
+  const view = app.view;
+  return Boolean(view) && view.channel.id === id && !view.gone
+    && document.visibilityState === "visible";
+}
+
+function readsFromSnapshot(boot) {
+  app.unread = new Map(boot.channels.map((c) => [c.id, newReadState(c.read_seq, c.unread)]));
+  for (const c of boot.channels) {
+    if (c.unread > 0) learnUnread(c.id).catch(() => { /* boot's number stays */ });
+  }
+}
+
+async function learnUnread(id) {
+  const s = app.unread.get(id);
+  s.deleted = new Set(); // deletions seen meanwhile: an older page may still have them
+  const found = [];
+  let before = null;
+  let complete = false;
+  try {
+    for (let page = 0; page < LEARN_PAGES && !complete; page++) {
+      const args = { channel: id, limit: LEARN_PAGE_SIZE };
+      if (before !== null) args.before = before;
+      const ok = await session.conn.request("history", args);
+      if (app.unread.get(id) !== s) return; // a newer snapshot, or the channel went
+      found.push(...ok.messages);
+      const first = ok.messages[0];
+      complete = !ok.more || !first || first.seq <= s.readSeq;
+      if (first) before = first.seq;
+    }
+    if (!complete) return;
+    for (const m of found) {
+      if (m.seq > s.readSeq && fromOther(m.sender) && !s.deleted.has(m.id)) s.msgs.set(m.id, m.seq);
+    }
+    s.extra = 0;
+  } finally {
+    s.deleted = null;
+  }
+  renderChannels();
+}
+
+function countMessage(ev) {
+  const s = app.unread.get(ev.channel.id);
+  if (!s || ev.seq <= s.readSeq || !fromOther(ev.sender)) return;
+  s.msgs.set(ev.message.id, ev.seq);
+  renderChannels();
+  markSeen();
+}
+
+function forgetMessage(ev) {
+  const s = app.unread.get(ev.channel.id);
+  if (!s) return;
+  s.deleted?.add(ev.message.id);
+  if (s.msgs.delete(ev.message.id)) renderChannels();
+}
+
+// `unread` is the server's count when the position moved, at seq `atSeq`
+// (null for a mark_read reply, whose read.updated follows): it only
+// corrects the part not known by id.
+function applyRead(id, readSeq, unread, atSeq) {
+  const s = app.unread.get(id);
+  if (!s) return;
+  if (readSeq > s.readSeq) {
+    s.readSeq = readSeq;
+    for (const [mid, seq] of s.msgs) if (seq <= readSeq) s.msgs.delete(mid);
+  }
+  if (s.extra > 0) {
+    if (unread === 0) s.extra = 0;
+    else if (atSeq !== null) {
+      let known = 0;
+      for (const seq of s.msgs.values()) if (seq <= atSeq) known++;
+      s.extra = Math.max(0, unread - known);
+    }
+  }
+  renderChannels();
+}
+
+function markSeen() {
+  const view = app.view;
+  if (!view || !view.loaded || !isViewing(view.channel.id)) return;
+  const id = view.channel.id;
+  const s = app.unread.get(id);
+  const newest = Number(els.messages.lastElementChild?.dataset.seq) || 0;
+  if (!s || unreadCount(id) === 0 || newest <= s.readSeq || newest <= s.asked) return;
+  s.asked = newest;
+  session.conn.request("mark_read", { channel: id, seq: newest })
+    .then((ok) => applyRead(id, ok.read_seq, ok.unread, null))
+    .catch((err) => {
+      s.asked = 0; // asked again when the channel is next seen
+      reportUnlessOffline(err);
+    });
+}
+
+function wireMembership() {
+  memberEls.dmForm.addEventListener("submit", onDmSubmit);
+  // The list is asked for when the picker is about to be used: new users appear.
+  memberEls.dmUser.addEventListener("focus", loadPeopleQuietly);
+  memberEls.membersOpen.addEventListener("click", openMembers);
+  memberEls.memberList.addEventListener("click", onMemberListClick);
+  memberEls.addMemberForm.addEventListener("submit", onAddMemberSubmit);
+  memberEls.leave.addEventListener("click", onLeaveClick);
+  memberEls.membersDialog.addEventListener("click", onDialogClick);
+  memberEls.membersDialog.addEventListener("close", () => {
+    membership.membersOf = null;
+    membership.membersLoad++;
+  });
+  memberEls.dmList.addEventListener("click", onChannelListClick);
+  document.addEventListener("visibilitychange", () => {
+    renderChannels();
+    markSeen();
+  });
+}
+
 // ------------------------------------------------------------------ wiring
 
 const conn = new Connection(wsUrl(), {
@@ -1414,6 +1851,7 @@ window.addEventListener("online", () => conn.wake());
 document.addEventListener("visibilitychange", () => {
   if (document.visibilityState === "visible") conn.wake();
 });
+wireMembership();
 
 applyInviteFragment();
 // Without a saved token the form can be filled in while the socket opens.

@@ -26,6 +26,7 @@ HOMES = {
     "chatd.wire": [
         "User", "Channel", "Message", "Event", "Ok", "LoginOk", "AuthOk", "BootOk", "ChannelOk",
         "SendOk", "DeleteMessageOk", "HistoryOk", "SubscribeOk",
+        "BootChannel", "OpenDmOk", "MemberOk", "MembersOk", "MarkReadOk",
     ],
 }
 EXPECTED_ALL = sorted(["__version__", "wire", *(n for names in HOMES.values() for n in names)])
