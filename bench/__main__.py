@@ -23,11 +23,11 @@ from pathlib import Path
 
 from tests.pg_cluster import ClusterError
 
-from . import nodes, typing_storm
+from . import membership, nodes, typing_storm
 from . import scenarios as sc
 from .workers import loop_name, raise_nofile
 
-SCENARIOS = ("CEILING", "S1", "S2", "S2-MAX", "S3", "S4", "TYPING", "NODES")
+SCENARIOS = ("CEILING", "S1", "S2", "S2-MAX", "S3", "S4", "TYPING", "MEMBERSHIP", "NODES")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -161,6 +161,8 @@ def main(argv: list[str] | None = None) -> int:
         if "TYPING" in only:
             # 1,000 subscribers (the quick run: S2's largest N); 100 typers.
             emit(rows, typing_storm.run_typing(b, n=b.sizes.s2_settings[-1][0]))
+        if "MEMBERSHIP" in only:
+            emit(rows, membership.rows(quick=args.quick))
         if "NODES" in only:
             skipped = nodes.unavailable() or ""
             if not skipped:
@@ -186,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
     main_rows = [r for r in rows if not r.section]
     if main_rows:
         print(table(main_rows), flush=True)
-    for section, title in ((nodes.SECTION, nodes.TITLE),):
+    for section, title in ((membership.SECTION, membership.TITLE), (nodes.SECTION, nodes.TITLE)):
         group = [r for r in rows if r.section == section]
         if group:
             print(f"\n{section}: {title}", flush=True)
