@@ -18,6 +18,7 @@ import pytest
 from chatd import wire
 from chatd.exceptions import Conflict, Forbidden, InternalError, NotFound, Unauthorized
 from chatd.ops import (
+    AddMemberOp,
     ChangePasswordOp,
     CreateChannelOp,
     CreateInviteOp,
@@ -28,8 +29,12 @@ from chatd.ops import (
     Expired,
     ExpireOp,
     IssueTokenOp,
+    MarkReadOp,
     Op,
+    OpenDmOp,
     Published,
+    ReadPosition,
+    RemoveMemberOp,
     RevokeInviteOp,
     RevokeTokenOp,
     SendOp,
@@ -584,3 +589,86 @@ async def test_caches_hold_with_another_writer(opened: OpenStore) -> None:
     stream = await replay(b)
     assert [e.seq for e in stream] == sorted({e.seq for e in stream})
 
+
+
+# ------------------------------------------------------- membership, unread
+
+
+async def test_unread_is_exact_after_deletes_and_expiry(opened: OpenStore) -> None:
+    """Unread counts are counted, not kept: a delete or an expiry changes them at
+    once; a private channel's read position starts at the member.added."""
+    store = await opened()
+    a, b = await alice(store), await alice(store, "bob")
+    pub = await one(store, CreateChannelOp(a, "pub", "pub"))
+    sent = [await one(store, SendOp(a, pub.id, f"m{i}", None), 1000 + i) for i in range(4)]
+    await one(store, SendOp(b, pub.id, "own", None), 1010)
+
+    def unread_of(channels: list[wire.BootChannel], cid: str) -> tuple[int, int]:
+        (c,) = [c for c in channels if c.id == cid]
+        return c.read_seq, c.unread
+
+    assert unread_of((await store.boot(b.id))[2], pub.id)[1] == 4
+    await one(store, DeleteMessageOp(a, sent[0].message.id))
+    assert unread_of((await store.boot(b.id))[2], pub.id)[1] == 3
+    pos = await one(store, MarkReadOp(b, pub.id, sent[1].message.seq))
+    assert isinstance(pos, ReadPosition) and (pos.read_seq, pos.unread) == (
+        sent[1].message.seq, 2)
+    # never backwards: an older seq answers the current position and emits nothing
+    results, events = await store.apply([MarkReadOp(b, pub.id, 1)], 2000)
+    assert results[0] == pos and events == []
+    await store.apply([ExpireOp(1002 + 1, 0, 0, 0, 0, limit=100)], 5000)
+    # m0 deleted, m1 read, m2 expired (sent at 1002 < 1003): m3 is left
+    assert unread_of((await store.boot(b.id))[2], pub.id) == (sent[1].message.seq, 1)
+    # a private channel: history before bob joined is not unread for him
+    priv = await one(store, CreateChannelOp(a, "priv", "priv", private=True))
+    await one(store, SendOp(a, priv.id, "before", None))
+    _, added = await store.apply([AddMemberOp(a, priv.id, b.id)], 3000)
+    await one(store, SendOp(a, priv.id, "after", None))
+    assert unread_of((await store.boot(b.id))[2], priv.id) == (added[0].seq, 1)
+    # removed and added again: it starts again at the new member.added
+    await one(store, RemoveMemberOp(b, priv.id, b.id))
+    assert priv.id not in {c.id for c in (await store.boot(b.id))[2]}
+    await one(store, SendOp(a, priv.id, "while away", None))
+    _, again = await store.apply([AddMemberOp(a, priv.id, b.id)], 3000)
+    assert unread_of((await store.boot(b.id))[2], priv.id) == (again[0].seq, 0)
+
+
+async def test_membership_decides_replay_and_audiences(opened: OpenStore) -> None:
+    store = await opened()
+    a, b, c = await alice(store), await alice(store, "bob"), await alice(store, "carol")
+    priv = await one(store, CreateChannelOp(a, "priv", "priv", private=True))
+    _, ev_before = await store.apply([SendOp(a, priv.id, "before", None)], 1000)
+    _, ev_added = await store.apply([AddMemberOp(a, priv.id, b.id)], 1000)
+    _, ev_during = await store.apply([SendOp(a, priv.id, "during", None)], 1000)
+    _, ev_removed = await store.apply([RemoveMemberOp(a, priv.id, b.id)], 1000)
+    _, ev_after = await store.apply([SendOp(a, priv.id, "after", None)], 1000)
+    dm = await one(store, OpenDmOp(a, c.id))
+    assert dm.created and dm.channel.kind == "dm" and dm.channel.name == "alice, carol"
+    again = await one(store, OpenDmOp(c, a.id))
+    assert not again.created and again.channel.id == dm.channel.id
+    # the writer's audiences
+    assert ev_before[0].audience == {a.id}
+    assert ev_added[0].audience == {a.id, b.id}
+    assert ev_during[0].audience == {a.id, b.id}
+    assert ev_removed[0].audience == {a.id, b.id}
+    assert ev_after[0].audience == {a.id}
+    # replay for bob: from its member.added to its member.removed, nothing else
+    page = await store.read_events(0, None, 10_000, b.id)
+    assert [s for s, _ in page.events] == [ev_added[0].seq, ev_during[0].seq,
+                                            ev_removed[0].seq]
+    page = await store.read_events(0, None, 10_000, c.id)
+    kinds = [msgspec.json.decode(f, type=wire.Event).kind for _, f in page.events]
+    assert kinds == ["channel.created"]  # the dm only
+    # the tail's audiences match the writer's
+    tail = await store.tail_events(0, 10_000)
+    by_seq = {e.seq: e.audience for e in tail.events}
+    for ev in (*ev_before, *ev_added, *ev_during, *ev_removed, *ev_after):
+        assert by_seq[ev.seq] == ev.audience
+    # a page cut at the limit says how far it read, visible or not
+    # (bob was a member of priv, so its first two events are read, then left out)
+    page = await store.read_events(0, None, 2, b.id)
+    assert page.more and page.events == [] and page.scanned == ev_before[0].seq
+    with pytest.raises(NotFound):
+        await store.history(priv.id, None, 10, b.id)
+    with pytest.raises(NotFound):
+        await one(store, SendOp(b, priv.id, "x", None))
