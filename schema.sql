@@ -51,10 +51,32 @@ CREATE TABLE messages (
     at_ms       INTEGER NOT NULL,
     body        TEXT NOT NULL,
     -- version 3:
-    edited_ms   INTEGER                   -- the time of its latest edit, NULL if never
+    edited_ms   INTEGER,                  -- the time of its latest edit, NULL if never
+    -- version 4: its words for search, as chatd.search.index_text makes them
+    -- (NFKC, case-folded, separated by one space)
+    words       TEXT NOT NULL DEFAULT ''
 );
 CREATE INDEX messages_channel ON messages(channel_id, seq);
 CREATE INDEX messages_at ON messages(at_ms);
+
+-- The search index (version 4): FTS5 over messages.words (external content, so
+-- the words are stored once), rowid = the message's seq. The triggers keep it in
+-- the transaction of every insert, edit and delete of a message, whatever
+-- deletes it (its sender, a channel delete, expiry). The 'ascii' tokenizer
+-- splits only at ASCII non-alphanumerics: each stored word is one token.
+CREATE VIRTUAL TABLE message_words USING fts5(
+    words, content='messages', content_rowid='seq', tokenize='ascii', columnsize=0
+);
+CREATE TRIGGER message_words_insert AFTER INSERT ON messages BEGIN
+    INSERT INTO message_words(rowid, words) VALUES (new.seq, new.words);
+END;
+CREATE TRIGGER message_words_delete AFTER DELETE ON messages BEGIN
+    INSERT INTO message_words(message_words, rowid, words) VALUES ('delete', old.seq, old.words);
+END;
+CREATE TRIGGER message_words_update AFTER UPDATE OF words ON messages BEGIN
+    INSERT INTO message_words(message_words, rowid, words) VALUES ('delete', old.seq, old.words);
+    INSERT INTO message_words(rowid, words) VALUES (new.seq, new.words);
+END;
 
 -- The retained event log. `frame` is the event's wire frame, encoded once when
 -- it is committed; replay sends it as stored. A deleted message's message.sent

@@ -58,15 +58,17 @@ from psycopg.pq import ConnStatus, TransactionStatus
 from . import migrations
 from .crypto import new_epoch
 from .exceptions import StartupError, Unavailable
-from .migrations import SCHEMA_VERSION, Migration
+from .migrations import PG_WORDS, SCHEMA_VERSION, Migration
+from .search import Query, index_text, tsquery
 from .sendbuffer import SendBuffer
-from .sqlrows import RowStatements
+from .sqlrows import SEARCH_CHANNEL, SEARCH_COLUMNS, SEARCH_VISIBLE, RowStatements
 from .storage import (
     AccountRow,
     ChannelRow,
     InviteRow,
     MessageRow,
     NonceRow,
+    SearchRow,
     UserRow,
     WriteTx,
 )
@@ -124,9 +126,12 @@ _INSERT_EVENTS = (
     " SELECT * FROM unnest(%b::bigint[], %b::bigint[], %b::text[], %b::bytea[], %b::text[])"
 )
 _INSERT_MESSAGES = (
-    "INSERT INTO messages(seq, id, channel_id, sender_id, sender_name, at_ms, body)"
-    " SELECT * FROM unnest(%b::bigint[], %b::text[], %b::text[], %b::text[], %b::text[],"
-    " %b::bigint[], %b::bytea[])"
+    "INSERT INTO messages(seq, id, channel_id, sender_id, sender_name, at_ms, body, words)"
+    " SELECT seq, id, channel_id, sender_id, sender_name, at_ms, body, "
+    + PG_WORDS.format("words")
+    + " FROM unnest(%b::bigint[], %b::text[], %b::text[], %b::text[], %b::text[],"
+    " %b::bigint[], %b::bytea[], %b::text[])"
+    " AS t(seq, id, channel_id, sender_id, sender_name, at_ms, body, words)"
 )
 _INSERT_NONCES = (
     "INSERT INTO nonces(user_id, nonce, message_id, seq, at_ms, channel_id, channel_name)"
@@ -283,8 +288,9 @@ class _PgTx(SendBuffer, RowStatements):
     # -- messages and events
 
     def edit_message(self, seq: int, body: str, edited_ms: int) -> None:
-        self._run("UPDATE messages SET body = %s, edited_ms = %s WHERE seq = %s",
-                  (body.encode(), edited_ms, seq))
+        self._run("UPDATE messages SET body = %s, edited_ms = %s, words = "
+                  + PG_WORDS.format("%s") + " WHERE seq = %s",
+                  (body.encode(), edited_ms, index_text(body), seq))
 
     def delete_messages(self, rows: list[tuple[str, int]]) -> None:
         seqs, ids = [s for _, s in rows], [i for i, _ in rows]
@@ -586,6 +592,10 @@ def migrate(
 
     def apply(m: Migration) -> None:
         conn.execute(m.postgres.encode())  # several statements: no parameters
+        if m.backfill is not None:
+            m.backfill("postgres", conn)
+        if m.postgres_after.strip():
+            conn.execute(m.postgres_after.encode())
         for sql, args in zip(
             migrations.RECORD, migrations.record_args(m, int(time.time() * 1000)), strict=True
         ):
@@ -700,3 +710,21 @@ class _PgSnapshot:
         return await self._messages(
             "WHERE channel_id = %s AND seq > %s ORDER BY seq LIMIT %s", (channel_id, after, limit)
         )
+
+    async def search(
+        self, user_id: str, query: Query, channel_id: str | None, before: int, limit: int
+    ) -> list[SearchRow] | None:
+        args: tuple[Any, ...]
+        if channel_id is None:
+            in_channel, args = "", (tsquery(query), before, user_id, limit)
+        else:
+            if await self._row(_placeholders(SEARCH_CHANNEL), (channel_id, user_id)) is None:
+                return None
+            in_channel = " AND m.channel_id = ?"
+            args = (tsquery(query), before, channel_id, user_id, limit)
+        rows = await self._rows(_placeholders(
+            f"SELECT {SEARCH_COLUMNS} FROM messages m JOIN channels c ON c.id = m.channel_id"
+            f" WHERE m.words @@ ?::tsquery AND m.seq < ?{in_channel} AND {SEARCH_VISIBLE}"
+            " ORDER BY m.seq DESC LIMIT ?"), args)
+        return [(i, seq, at_ms, uid, name, body.decode(), edited, cid, cname)
+                for i, seq, at_ms, uid, name, body, edited, cid, cname in rows]

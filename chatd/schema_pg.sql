@@ -64,10 +64,14 @@ CREATE TABLE messages (
     at_ms       BIGINT NOT NULL,
     body        BYTEA NOT NULL,           -- UTF-8
     -- version 3:
-    edited_ms   BIGINT                    -- the time of its latest edit, NULL if never
+    edited_ms   BIGINT,                   -- the time of its latest edit, NULL if never
+    -- version 4: its words for search (chatd.search.index_text) as lexemes, taken
+    -- as they are (array_to_tsvector: no parser, no stemming, no positions)
+    words       TSVECTOR NOT NULL DEFAULT ''
 );
 CREATE INDEX messages_channel ON messages(channel_id, seq);
 CREATE INDEX messages_at ON messages(at_ms);
+CREATE INDEX messages_words ON messages USING gin (words);
 
 -- The retained event log. `frame` is the event's wire frame, encoded once when
 -- it is committed; replay sends it as stored. A deleted message's message.sent

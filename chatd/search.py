@@ -24,8 +24,6 @@ from dataclasses import dataclass
 
 from .exceptions import BadRequest
 
-#: the longest query accepted, in characters (longer is ``bad_request``, by wire.py)
-QUERY_MAX = 1000
 #: at most this many words in a query: each one is an index lookup
 WORDS_MAX = 32
 #: index terms are cut to this many characters (4 bytes each at most in UTF-8:

@@ -40,14 +40,16 @@ from . import migrations
 from .crypto import new_epoch
 from .exceptions import StartupError
 from .migrations import SCHEMA_VERSION, Migration
+from .search import Query, fts5_query, index_text
 from .sendbuffer import SendBuffer
-from .sqlrows import RowStatements
+from .sqlrows import SEARCH_CHANNEL, SEARCH_COLUMNS, SEARCH_VISIBLE, RowStatements
 from .storage import (
     AccountRow,
     ChannelRow,
     InviteRow,
     MessageRow,
     NonceRow,
+    SearchRow,
     UserRow,
     WriteTx,
 )
@@ -93,8 +95,8 @@ class _SqliteTx(SendBuffer, RowStatements):
             self._events.clear()
         if self._messages:
             conn.executemany(
-                "INSERT INTO messages(seq, id, channel_id, sender_id, sender_name, at_ms, body)"
-                " VALUES (?,?,?,?,?,?,?)",
+                "INSERT INTO messages(seq, id, channel_id, sender_id, sender_name, at_ms, body,"
+                " words) VALUES (?,?,?,?,?,?,?,?)",
                 self._messages,
             )
             self._messages.clear()
@@ -161,8 +163,8 @@ class _SqliteTx(SendBuffer, RowStatements):
     # -- messages and events
 
     def edit_message(self, seq: int, body: str, edited_ms: int) -> None:
-        self._run("UPDATE messages SET body = ?, edited_ms = ? WHERE seq = ?",
-                  (body, edited_ms, seq))
+        self._run("UPDATE messages SET body = ?, edited_ms = ?, words = ? WHERE seq = ?",
+                  (body, edited_ms, index_text(body), seq))
 
     def delete_messages(self, rows: list[tuple[str, int]]) -> None:
         self._flush()
@@ -444,6 +446,27 @@ class _SqliteSnapshot:
             (channel_id, after, limit),
         )
 
+    async def search(
+        self, user_id: str, query: Query, channel_id: str | None, before: int, limit: int
+    ) -> list[SearchRow] | None:
+        # FTS5 walks its index by rowid (the seq), newest first, and stops at the
+        # limit: no sort, whatever the number of matches.
+        args: tuple[Any, ...]
+        if channel_id is None:
+            in_channel, args = "", (fts5_query(query), before, user_id, limit)
+        else:
+            if not await self._rows(SEARCH_CHANNEL, (channel_id, user_id)):
+                return None
+            in_channel = " AND m.channel_id = ?"
+            args = (fts5_query(query), before, channel_id, user_id, limit)
+        return await self._rows(
+            f"SELECT {SEARCH_COLUMNS} FROM message_words w"
+            " JOIN messages m ON m.seq = w.rowid JOIN channels c ON c.id = m.channel_id"
+            f" WHERE message_words MATCH ? AND w.rowid < ?{in_channel} AND {SEARCH_VISIBLE}"
+            " ORDER BY w.rowid DESC LIMIT ?",
+            args,
+        )
+
 
 def _has_meta(conn: sqlite3.Connection) -> bool:
     row = conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'meta'")
@@ -476,6 +499,10 @@ def migrate(conn: sqlite3.Connection, where: str) -> list[Migration]:
     def apply(m: Migration) -> None:
         for statement in _split_sql(m.sqlite):
             conn.execute(statement)
+        if m.backfill is not None:
+            m.backfill("sqlite", conn)
+        for statement in _split_sql(m.sqlite_after):
+            conn.execute(statement)
         for sql, args in zip(
             migrations.RECORD, migrations.record_args(m, int(time.time() * 1000)), strict=True
         ):
@@ -487,6 +514,18 @@ def migrate(conn: sqlite3.Connection, where: str) -> list[Migration]:
 
 
 def _split_sql(script: str) -> list[str]:
-    """Statements of schema.sql (it has no semicolons inside literals or triggers)."""
+    """Statements of schema.sql: it has no semicolon inside a literal, and a
+    ``CREATE TRIGGER`` (whose body has several) ends with ``END``."""
     lines = [line.split("--", 1)[0] for line in script.splitlines()]
-    return [s.strip() for s in "\n".join(lines).split(";") if s.strip()]
+    statements: list[str] = []
+    pending = ""
+    for piece in "\n".join(lines).split(";"):
+        pending = f"{pending};{piece}" if pending else piece.strip()
+        if not pending:
+            continue
+        head = pending[:14].upper()
+        if head == "CREATE TRIGGER" and not pending.rstrip().upper().endswith("END"):
+            continue
+        statements.append(pending.strip())
+        pending = ""
+    return statements

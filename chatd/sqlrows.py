@@ -13,6 +13,20 @@ from typing import Any
 
 from .storage import AccountRow, ChannelRow, MessageInfo, MessageKey, UserRow
 
+# ---------------------------------------------------------------- visibility
+#: THE rule of which channels a user may search (PROTOCOL.md: the channels it
+#: can see), as a condition on ``c``, a row of ``channels``; its one ``?`` is the
+#: searching user's id. Both backends' search statements use it, and nothing
+#: else decides. Until channels have members, every channel.
+SEARCH_VISIBLE = "(CAST(? AS TEXT) IS NOT NULL)"
+
+#: the columns of a :data:`chatd.storage.SearchRow`, over ``messages m`` and ``channels c``
+SEARCH_COLUMNS = (
+    "m.id, m.seq, m.at_ms, m.sender_id, m.sender_name, m.body, m.edited_ms, c.id, c.name"
+)
+#: whether the channel ``?`` (then the user ``?``) may be searched
+SEARCH_CHANNEL = f"SELECT 1 FROM channels c WHERE c.id = ? AND {SEARCH_VISIBLE}"
+
 
 class RowStatements:
     """Mixed into a backend's write transaction; see the module docstring."""

@@ -17,7 +17,7 @@ import re
 from collections.abc import Callable
 from typing import TypeVar
 
-from . import rules, wire
+from . import rules, search, wire
 from .exceptions import StartupError
 from .ops import EventPage, Op, Published, Result, StoredUser
 from .storage import Backend
@@ -125,6 +125,14 @@ class Store:
     ) -> tuple[list[wire.Message], bool]:
         async with self.backend.snapshot() as snap:
             return await rules.history(snap, channel_id, before, limit)
+
+    async def search(
+        self, user_id: str, query: str, channel_id: str | None, before: int | None, limit: int
+    ) -> tuple[list[wire.SearchHit], bool]:
+        """See :func:`chatd.rules.search`; ``bad_request`` for a query without a word."""
+        parsed = search.parse(query)
+        async with self.backend.snapshot() as snap:
+            return await rules.search(snap, user_id, parsed, channel_id, before, limit)
 
     async def read_events(
         self, after: int, channels: frozenset[str] | None, limit: int

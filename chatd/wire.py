@@ -26,6 +26,10 @@ Limit = Annotated[int, Meta(ge=1, le=500)]
 Role = Literal["admin", "member"]
 InviteUses = Annotated[int, Meta(ge=1, le=1000)]
 InviteTtl = Annotated[int, Meta(ge=60, le=2_592_000)]
+#: a search query: at most 1,000 characters (docs/protocol.md), so that one
+#: query is a bounded amount of matching work
+SearchQuery = Annotated[str, Meta(max_length=1000)]
+SearchLimit = Annotated[int, Meta(ge=1, le=100)]
 
 # --------------------------------------------------------------------- commands
 
@@ -86,6 +90,13 @@ class History(Command, tag="history"):
     limit: Limit = 100
 
 
+class Search(Command, tag="search"):
+    query: SearchQuery
+    channel: str | None = None
+    before: Seq | None = None
+    limit: SearchLimit = 20
+
+
 class Subscribe(Command, tag="subscribe"):
     since: Seq | None = None
     epoch: str | None = None
@@ -143,6 +154,7 @@ AnyCommand = (
     | DeleteMessage
     | EditMessage
     | History
+    | Search
     | Subscribe
     | Unsubscribe
     | ChangePassword
@@ -158,7 +170,7 @@ AnyCommand = (
 #: Commands that need a logged-in connection.
 NEEDS_LOGIN: frozenset[type[Command]] = frozenset(
     {Logout, Boot, CreateChannel, DeleteChannel, Send, DeleteMessage, EditMessage, History,
-     Subscribe,
+     Search, Subscribe,
      Unsubscribe, ChangePassword, Users, CreateInvite, ListInvites, RevokeInvite, SetRole,
      DeactivateUser, ReactivateUser}
 )
@@ -211,6 +223,12 @@ class Message(Struct, omit_defaults=True):
     body: str
     #: the time of the latest edit; absent for a message never edited
     edited_at: str | None = None
+
+
+class SearchHit(Message, kw_only=True):
+    """A message found by ``search``: the message, and the channel it is in."""
+
+    channel: Channel
 
 
 class MessageRef(Struct):
@@ -295,6 +313,11 @@ class DeleteMessageOk(Ok, tag="ok"):
 
 class HistoryOk(Ok, tag="ok"):
     messages: list[Message]
+    more: bool
+
+
+class SearchOk(Ok, tag="ok"):
+    messages: list[SearchHit]
     more: bool
 
 

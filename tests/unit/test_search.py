@@ -110,7 +110,7 @@ def check(query: str, body: str) -> bool:
         ("^start", "start here", True),
         ("café", "CAFÉ", True),
         ("cafe", "café", False),  # accents are not removed
-        ("１２", "12", True),  # fullwidth digits are NFKC digits
+        ("\uff11\uff12", "12", True),  # fullwidth digits are NFKC digits
     ],
 )
 def test_examples(query: str, body: str, expected: bool) -> None:
@@ -172,7 +172,7 @@ def test_no_casefolded_word_holds_a_separator_of_the_index() -> None:
 # Text biased towards what makes the rules interesting: a few short words that
 # collide, quotes, separators, case, ligatures and other NFKC changes.
 _pieces = st.sampled_from(
-    ["a", "ab", "abc", "b", "ba", "A", "AB", "ß", "ss", "SS", "ﬁ", "fi", "1", "12", "１",
+    ["a", "ab", "abc", "b", "ba", "A", "AB", "ß", "ss", "SS", "ﬁ", "fi", "1", "12", "\uff11",
      "é", "é", "_", "-", "*", " ", " ", " ", '"', '"', "AND", "near", "İ", "i̇", "Ⅻ", "x"]
 )
 _texts = st.lists(_pieces, max_size=12).map("".join)
