@@ -50,6 +50,7 @@ from ._replies import (
     PING,
     REACTIVATE_USER,
     REVOKE_INVITE,
+    SEARCH,
     SEND,
     SET_ROLE,
     SUBSCRIBE,
@@ -248,6 +249,19 @@ class Client:
     ) -> wire.HistoryOk:
         cmd = wire.History(channel=channel_id, before=before, limit=limit)
         return await self._call(HISTORY, lambda: cmd)
+
+    async def search(
+        self, query: str, channel: str | None = None, before: int | None = None,
+        limit: int | None = None,
+    ) -> wire.SearchOk:
+        """Messages whose current body has every word of ``query``, newest first:
+        in the channels this user can see, or in the channel with id ``channel``;
+        ``before`` a seq to page back; ``limit`` 1 to 100 (the server's default, 20,
+        when None)."""
+        cmd = wire.Search(query=query, channel=channel, before=before)
+        if limit is not None:
+            cmd.limit = limit
+        return await self._call(SEARCH, lambda: cmd)
 
     # ---------------------------------------------------------------- accounts
 
