@@ -63,9 +63,13 @@ CREATE INDEX messages_at ON messages(at_ms);
 -- the words are stored once), rowid = the message's seq. The triggers keep it in
 -- the transaction of every insert, edit and delete of a message, whatever
 -- deletes it (its sender, a channel delete, expiry). The 'ascii' tokenizer
--- splits only at ASCII non-alphanumerics: each stored word is one token.
+-- splits only at ASCII non-alphanumerics: each stored word is one token. The
+-- prefix indexes (1 to 6 characters) make the last word of a query, a prefix,
+-- as cheap to look up as a whole word: without them FTS5 merges the whole
+-- doclist of every word that begins with it (40 ms for a frequent word of 1M).
 CREATE VIRTUAL TABLE message_words USING fts5(
-    words, content='messages', content_rowid='seq', tokenize='ascii', columnsize=0
+    words, content='messages', content_rowid='seq', tokenize='ascii', columnsize=0,
+    prefix='1 2 3 4 5 6'
 );
 CREATE TRIGGER message_words_insert AFTER INSERT ON messages BEGIN
     INSERT INTO message_words(rowid, words) VALUES (new.seq, new.words);

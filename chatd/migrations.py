@@ -131,7 +131,8 @@ ALTER TABLE messages ADD COLUMN words TEXT NOT NULL DEFAULT ''
 """
 _V4_SQLITE_AFTER = """
 CREATE VIRTUAL TABLE message_words USING fts5(
-    words, content='messages', content_rowid='seq', tokenize='ascii', columnsize=0
+    words, content='messages', content_rowid='seq', tokenize='ascii', columnsize=0,
+    prefix='1 2 3 4 5 6'
 );
 CREATE TRIGGER message_words_insert AFTER INSERT ON messages BEGIN
     INSERT INTO message_words(rowid, words) VALUES (new.seq, new.words);
