@@ -15,8 +15,8 @@ searches of each kind, one at a time, through :meth:`chatd.store.Store.search`
 
 and prints p50/p99 latency for each, and the index's size on disk (sqlite:
 the FTS5 tables and the ``words`` column, from ``dbstat``). ``--db`` may name a
-PostgreSQL URL; ``--keep`` keeps a filled sqlite file for a second run
-(``--reuse``). Part of ``make bench``, never of ``make test``.
+PostgreSQL URL (``--postgres``: a throwaway local one); ``--reuse`` queries a
+``--db`` filled by an earlier run. Part of ``make bench``, never of ``make test``.
 """
 
 from __future__ import annotations
@@ -191,7 +191,16 @@ def main() -> None:
     p.add_argument("--queries", type=int, default=300, help="of each kind")
     p.add_argument("--seed", type=int, default=14)
     p.add_argument("--reuse", action="store_true", help="--db is already filled: only query")
+    p.add_argument("--postgres", action="store_true",
+                   help="on a throwaway local PostgreSQL (tests/pg_cluster.py, durable settings)"
+                   " instead of --db")
     args = p.parse_args()
+    if args.postgres:
+        from tests.pg_cluster import DURABLE, local_cluster
+
+        with local_cluster(DURABLE) as server:
+            print(asyncio.run(run(args, server.create_database()[1])), flush=True)
+        return
     with tempfile.TemporaryDirectory() as tmp:
         db = args.db or os.fspath(Path(tmp) / "search.db")
         print(asyncio.run(run(args, db)), flush=True)
