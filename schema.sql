@@ -60,27 +60,20 @@ CREATE INDEX messages_channel ON messages(channel_id, seq);
 CREATE INDEX messages_at ON messages(at_ms);
 
 -- The search index (version 4): FTS5 over messages.words (external content, so
--- the words are stored once), rowid = the message's seq. The triggers keep it in
--- the transaction of every insert, edit and delete of a message, whatever
--- deletes it (its sender, a channel delete, expiry). The 'ascii' tokenizer
--- splits only at ASCII non-alphanumerics: each stored word is one token. The
--- prefix indexes (1 to 6 characters) make the last word of a query, a prefix,
--- as cheap to look up as a whole word: without them FTS5 merges the whole
--- doclist of every word that begins with it (40 ms for a frequent word of 1M).
+-- the words are stored once), rowid = the message's seq. The store writes it in
+-- the transaction of every insert, edit and delete of a message (chatd
+-- sqlite_store: MESSAGE_WORDS_*), in bulk like the rows of the send path; not
+-- by triggers, because FTS5 writes its pending terms out at each statement
+-- savepoint, which a trigger opens for every row (3 times the cost). The
+-- 'ascii' tokenizer splits only at ASCII non-alphanumerics: each stored word is
+-- one token. The prefix indexes (1 to 6 characters) make the last word of a
+-- query, a prefix, as cheap to look up as a whole word: without them FTS5
+-- merges the whole doclist of every word that begins with it (40 ms for a
+-- frequent word of 1M messages).
 CREATE VIRTUAL TABLE message_words USING fts5(
     words, content='messages', content_rowid='seq', tokenize='ascii', columnsize=0,
     prefix='1 2 3 4 5 6'
 );
-CREATE TRIGGER message_words_insert AFTER INSERT ON messages BEGIN
-    INSERT INTO message_words(rowid, words) VALUES (new.seq, new.words);
-END;
-CREATE TRIGGER message_words_delete AFTER DELETE ON messages BEGIN
-    INSERT INTO message_words(message_words, rowid, words) VALUES ('delete', old.seq, old.words);
-END;
-CREATE TRIGGER message_words_update AFTER UPDATE OF words ON messages BEGIN
-    INSERT INTO message_words(message_words, rowid, words) VALUES ('delete', old.seq, old.words);
-    INSERT INTO message_words(rowid, words) VALUES (new.seq, new.words);
-END;
 
 -- The retained event log. `frame` is the event's wire frame, encoded once when
 -- it is committed; replay sends it as stored. A deleted message's message.sent

@@ -50,8 +50,7 @@ class Migration:
     version: int
     #: what it does, in a few words (``chatd migrate`` prints it)
     name: str
-    #: statements separated by semicolons, no semicolon inside a literal (sqlite:
-    #: a ``CREATE TRIGGER ... END`` is one statement)
+    #: statements separated by semicolons, no semicolon inside a literal
     sqlite: str
     postgres: str
     #: what SQL cannot compute (a message's search words need Python's Unicode
@@ -123,9 +122,9 @@ CREATE INDEX events_message ON events(message_id) WHERE message_id IS NOT NULL
 # Search (issue 14): each message's words as search.index_text makes them, and an
 # index of them kept by the database in the transaction that changes the message.
 # sqlite: an FTS5 table over messages.words (external content: the words are
-# stored once), kept by triggers on messages, so every insert, edit and delete
-# (by a user, a channel delete or expiry) keeps it. PostgreSQL: a tsvector of
-# the words (their lexemes as they are: no parser, no stemming) with a GIN index.
+# stored once), written by the store with every insert, edit and delete of a
+# message (schema.sql says why not by triggers). PostgreSQL: a tsvector of the
+# words (their lexemes as they are: no parser, no stemming) with a GIN index.
 _V4_SQLITE = """
 ALTER TABLE messages ADD COLUMN words TEXT NOT NULL DEFAULT ''
 """
@@ -134,16 +133,6 @@ CREATE VIRTUAL TABLE message_words USING fts5(
     words, content='messages', content_rowid='seq', tokenize='ascii', columnsize=0,
     prefix='1 2 3 4 5 6'
 );
-CREATE TRIGGER message_words_insert AFTER INSERT ON messages BEGIN
-    INSERT INTO message_words(rowid, words) VALUES (new.seq, new.words);
-END;
-CREATE TRIGGER message_words_delete AFTER DELETE ON messages BEGIN
-    INSERT INTO message_words(message_words, rowid, words) VALUES ('delete', old.seq, old.words);
-END;
-CREATE TRIGGER message_words_update AFTER UPDATE OF words ON messages BEGIN
-    INSERT INTO message_words(message_words, rowid, words) VALUES ('delete', old.seq, old.words);
-    INSERT INTO message_words(rowid, words) VALUES (new.seq, new.words);
-END;
 INSERT INTO message_words(message_words) VALUES ('rebuild')
 """
 _V4_POSTGRES = """

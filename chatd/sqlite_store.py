@@ -68,6 +68,17 @@ def schema_sql() -> str:
         return (Path(__file__).resolve().parent.parent / "schema.sql").read_text("utf-8")
 
 
+# The search index (schema.sql: message_words) is written here, not by triggers
+# (schema.sql says why): with every message inserted, before a message's words
+# change or it is deleted (FTS5's 'delete' takes the words that were indexed,
+# read from the row while it still has them), and after they changed.
+MESSAGE_WORDS_INSERT = "INSERT INTO message_words(rowid, words) VALUES (?, ?)"
+MESSAGE_WORDS_DELETE = (
+    "INSERT INTO message_words(message_words, rowid, words)"
+    " SELECT 'delete', seq, words FROM messages WHERE seq = ?"
+)
+
+
 class _SqliteTx(SendBuffer, RowStatements):
     """:class:`chatd.storage.WriteTx` on the writing connection.
 
@@ -99,6 +110,7 @@ class _SqliteTx(SendBuffer, RowStatements):
                 " words) VALUES (?,?,?,?,?,?,?,?)",
                 self._messages,
             )
+            conn.executemany(MESSAGE_WORDS_INSERT, [(m[0], m[7]) for m in self._messages])
             self._messages.clear()
         if self._nonces:
             conn.executemany(
@@ -163,11 +175,15 @@ class _SqliteTx(SendBuffer, RowStatements):
     # -- messages and events
 
     def edit_message(self, seq: int, body: str, edited_ms: int) -> None:
+        words = index_text(body)
+        self._run(MESSAGE_WORDS_DELETE, (seq,))
         self._run("UPDATE messages SET body = ?, edited_ms = ?, words = ? WHERE seq = ?",
-                  (body, edited_ms, index_text(body), seq))
+                  (body, edited_ms, words, seq))
+        self._run(MESSAGE_WORDS_INSERT, (seq, words))
 
     def delete_messages(self, rows: list[tuple[str, int]]) -> None:
         self._flush()
+        self.conn.executemany(MESSAGE_WORDS_DELETE, [(s,) for _, s in rows])
         self.conn.executemany("DELETE FROM messages WHERE seq = ?", [(s,) for _, s in rows])
         # By seq too: the message.sent event of a message from before events
         # had a message_id is found by its seq.
@@ -514,18 +530,6 @@ def migrate(conn: sqlite3.Connection, where: str) -> list[Migration]:
 
 
 def _split_sql(script: str) -> list[str]:
-    """Statements of schema.sql: it has no semicolon inside a literal, and a
-    ``CREATE TRIGGER`` (whose body has several) ends with ``END``."""
+    """Statements of schema.sql (it has no semicolons inside literals or triggers)."""
     lines = [line.split("--", 1)[0] for line in script.splitlines()]
-    statements: list[str] = []
-    pending = ""
-    for piece in "\n".join(lines).split(";"):
-        pending = f"{pending};{piece}" if pending else piece.strip()
-        if not pending:
-            continue
-        head = pending[:14].upper()
-        if head == "CREATE TRIGGER" and not pending.rstrip().upper().endswith("END"):
-            continue
-        statements.append(pending.strip())
-        pending = ""
-    return statements
+    return [s.strip() for s in "\n".join(lines).split(";") if s.strip()]

@@ -15,6 +15,7 @@ from .helpers import (
     expect_error,
     server_log_guard,  # noqa: F401  (autouse: no traceback in the daemon log)
 )
+from .sqlite_file import search_index_check
 from .test_clientcli import Cli
 
 
@@ -62,6 +63,9 @@ async def test_search_finds_the_current_words_of_the_channels(daemon: Any) -> No
         await b.ok("delete_channel", channel=random["id"])
         assert _ids(await a.ok("search", query="lunch")) == []
         await expect_error(a, "not_found", "search", query="lunch", channel=random["id"])
+    # what the index holds is exactly the words of the messages left
+    await daemon.terminate()
+    search_index_check(daemon.db)
 
 
 async def test_search_refusals_name_the_field_and_odd_queries_are_text(daemon: Any) -> None:
