@@ -497,6 +497,9 @@ async def search(
         if len(rows) < page:
             break
         cursor = rows[-1][1]
+        # Candidates that were not matches (a phrase's words apart, a long prefix
+        # looked up by its start): ask for more at a time, up to a bound.
+        page = min(page * 4, 2000)
     hits = [
         wire.SearchHit(mid, seq, wire.format_at(at_ms), wire.User(uid, uname), body,
                        None if edited is None else wire.format_at(edited),

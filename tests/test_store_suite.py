@@ -710,3 +710,14 @@ async def test_search_pages_limits_and_refusals(opened: OpenStore) -> None:
                   "a'b", "a\\", "a':*", "'c", "x" * 1000, "é" * 999, "\x00a", "a\x00"]:
         await store.search(me.id, query, None, None, 20)
     assert len((await store.search(me.id, "near and or not", None, None, 20))[0]) == 1
+    # candidates that are not matches (a long prefix is looked up by its first
+    # characters, a phrase by its words) are skipped, however many come first
+    wanted = [await one(store, SendOp(me, other.id, f"deployment {i} went fine", None))
+              for i in range(2)]
+    for i in range(60):
+        await one(store, SendOp(me, other.id, f"deployed fine went {i}", None))
+    for query in ("deploym", '"went fine"'):
+        hits, more = await store.search(me.id, query, None, None, 1)
+        assert [h.id for h in hits] == [wanted[1].message.id] and more, query
+        hits, more = await store.search(me.id, query, None, hits[0].seq, 5)
+        assert [h.id for h in hits] == [wanted[0].message.id] and not more, query
