@@ -124,7 +124,8 @@ CREATE INDEX events_message ON events(message_id) WHERE message_id IS NOT NULL
 # sqlite: an FTS5 table over messages.words (external content: the words are
 # stored once), written by the store with every insert, edit and delete of a
 # message (schema.sql says why not by triggers). PostgreSQL: a tsvector of the
-# words (their lexemes as they are: no parser, no stemming) with a GIN index.
+# words with their positions (search.tsvector_text: no parser, no stemming)
+# with a GIN index.
 _V4_SQLITE = """
 ALTER TABLE messages ADD COLUMN words TEXT NOT NULL DEFAULT ''
 """
@@ -138,11 +139,15 @@ INSERT INTO message_words(message_words) VALUES ('rebuild')
 _V4_POSTGRES = """
 ALTER TABLE messages ADD COLUMN words TSVECTOR NOT NULL DEFAULT ''
 """
+# ANALYZE: the planner needs the words' statistics to choose between walking
+# messages newest first (a frequent word) and the GIN index (a rare one); a
+# backfilled column has none until autovacuum gets to it.
 _V4_POSTGRES_AFTER = """
-CREATE INDEX messages_words ON messages USING gin (words)
+CREATE INDEX messages_words ON messages USING gin (words);
+ANALYZE messages
 """
-#: the PostgreSQL expression of a message's tsvector from search.index_text
-PG_WORDS = "array_to_tsvector(string_to_array({}, ' '))"
+#: the PostgreSQL expression of a message's tsvector from search.tsvector_text
+PG_WORDS = "{}::tsvector"
 
 _BACKFILL_PAGE = 5000
 
@@ -169,7 +174,8 @@ def _v4_backfill(backend: str, conn: Any) -> None:
                 "UPDATE messages m SET words = " + PG_WORDS.format("t.words")
                 + " FROM unnest(%s::bigint[], %s::text[]) AS t(seq, words) WHERE m.seq = t.seq",
                 ([seq for seq, _ in rows],
-                 [search.index_text(bytes(body).decode()) for _, body in rows]))
+                 [search.tsvector_text(search.index_text(bytes(body).decode()))
+                  for _, body in rows]))
         last = rows[-1][0]
 
 

@@ -59,7 +59,7 @@ from . import migrations
 from .crypto import new_epoch
 from .exceptions import StartupError, Unavailable
 from .migrations import PG_WORDS, SCHEMA_VERSION, Migration
-from .search import Query, index_text, tsquery
+from .search import Query, index_text, tsquery, tsvector_text
 from .sendbuffer import SendBuffer
 from .sqlrows import SEARCH_CHANNEL, SEARCH_COLUMNS, SEARCH_VISIBLE, RowStatements
 from .storage import (
@@ -216,6 +216,7 @@ class _PgTx(SendBuffer, RowStatements):
         if self._messages:
             columns = _columns(self._messages)
             columns[6] = [body.encode() for body in columns[6]]  # BYTEA: UTF-8
+            columns[7] = [tsvector_text(words) for words in columns[7]]
             execute(_INSERT_MESSAGES, columns)
             self._messages.clear()
         if self._nonces:
@@ -290,7 +291,7 @@ class _PgTx(SendBuffer, RowStatements):
     def edit_message(self, seq: int, body: str, edited_ms: int) -> None:
         self._run("UPDATE messages SET body = %s, edited_ms = %s, words = "
                   + PG_WORDS.format("%s") + " WHERE seq = %s",
-                  (body.encode(), edited_ms, index_text(body), seq))
+                  (body.encode(), edited_ms, tsvector_text(index_text(body)), seq))
 
     def delete_messages(self, rows: list[tuple[str, int]]) -> None:
         seqs, ids = [s for _, s in rows], [i for i, _ in rows]

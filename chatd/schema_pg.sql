@@ -65,8 +65,8 @@ CREATE TABLE messages (
     body        BYTEA NOT NULL,           -- UTF-8
     -- version 3:
     edited_ms   BIGINT,                   -- the time of its latest edit, NULL if never
-    -- version 4: its words for search (chatd.search.index_text) as lexemes, taken
-    -- as they are (array_to_tsvector: no parser, no stemming, no positions)
+    -- version 4: its words for search with their positions
+    -- (chatd.search.tsvector_text: no parser, no stemming)
     words       TSVECTOR NOT NULL DEFAULT ''
 );
 CREATE INDEX messages_channel ON messages(channel_id, seq);

@@ -143,6 +143,27 @@ def index_text(body: str) -> str:
     return " ".join(terms(body))
 
 
+#: PostgreSQL keeps at most 256 positions of a lexeme in a tsvector (it drops the
+#: rest), and a phrase needs them all to be found exactly
+_PG_POSITIONS_MAX = 256
+#: the lexeme of a body some word of which has more positions than a tsvector
+#: keeps: every phrase query also takes such a body as a candidate. Not a word
+#: (not alphanumeric), so no query word ever equals it.
+PG_MANY = "~"
+
+
+def tsvector_text(text: str) -> str:
+    """The ``tsvector`` (its input syntax) of an :func:`index_text`: each term
+    with its positions (1-based), for PostgreSQL's phrase operator ``<->``."""
+    positions: dict[str, list[str]] = {}
+    for i, term in enumerate(text.split(), 1):
+        positions.setdefault(term, []).append(str(i))
+    lexemes = [f"'{term}':{','.join(at)}" for term, at in positions.items()]
+    if any(len(at) > _PG_POSITIONS_MAX for at in positions.values()):
+        lexemes.append(f"'{PG_MANY}'")
+    return " ".join(lexemes)
+
+
 def _lookup(word: str, prefix: bool) -> tuple[str, bool]:
     """The index term to look up for a query word, and whether as a prefix.
 
@@ -178,15 +199,19 @@ def fts5_query(query: Query) -> str:
 
 def tsquery(query: Query) -> str:
     """A PostgreSQL ``tsquery`` (its input syntax) that finds a superset of the
-    matches: every word as a lexeme, the phrases' words too (their order is
-    confirmed by :func:`matches`; the index keeps no positions)."""
+    matches (:func:`tsvector_text` the index): every word as a lexeme, a phrase
+    as its words joined by ``<->`` (or a body that kept too few positions)."""
 
     def quoted(term: str) -> str:
         return "'" + term.replace("\\", "\\\\").replace("'", "''") + "'"
 
-    parts = dict.fromkeys(
-        quoted(_lookup(w, False)[0]) for group in query.groups for w in group
-    )
+    parts: dict[str, None] = {}
+    for group in query.groups:
+        lexemes = [quoted(_lookup(w, False)[0]) for w in group]
+        if len(lexemes) == 1:
+            parts[lexemes[0]] = None
+        else:
+            parts[f"( {' <-> '.join(lexemes)} | {quoted(PG_MANY)} )"] = None
     if query.prefix is not None:
         term, prefix = _lookup(query.prefix, True)
         parts[quoted(term) + (":*" if prefix else "")] = None

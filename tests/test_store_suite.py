@@ -716,6 +716,11 @@ async def test_search_pages_limits_and_refusals(opened: OpenStore) -> None:
               for i in range(2)]
     for i in range(60):
         await one(store, SendOp(me, other.id, f"deployed fine went {i}", None))
+    # a word too frequent in one body for PostgreSQL to keep all its positions
+    repeated = await one(store, SendOp(me, channel.id, "x " * 300 + "y z", None))
+    assert [h.id for h in (await store.search(me.id, '"x y z"', None, None, 5))[0]] == [
+        repeated.message.id]
+    assert (await store.search(me.id, '"y x"', None, None, 5))[0] == []
     for query in ("deploym", '"went fine"'):
         hits, more = await store.search(me.id, query, None, None, 1)
         assert [h.id for h in hits] == [wanted[1].message.id] and more, query

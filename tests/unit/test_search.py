@@ -160,10 +160,17 @@ def test_a_long_prefix_is_looked_up_by_its_start(fts: sqlite3.Connection) -> Non
     assert [search.matches(q, b) for b in ("deployed", "deployments now")] == [False, True]
 
 
+def test_tsvector_text_has_every_position() -> None:
+    assert search.tsvector_text("a b a c") == "'a':1,3 'b':2 'c':4"
+    assert search.tsvector_text("") == ""
+    many = search.tsvector_text(" ".join(["x"] * 300 + ["y"]))
+    assert many.endswith(f"'y':301 '{search.PG_MANY}'")  # PostgreSQL keeps 256 positions
+
+
 def test_query_strings_for_the_databases() -> None:
     q = search.parse('one "two three" fo')
     assert search.fts5_query(q) == '"one" AND "two three" AND "fo"*'
-    assert search.tsquery(q) == "'one' & 'two' & 'three' & 'fo':*"
+    assert search.tsquery(q) == "'one' & ( 'two' <-> 'three' | '~' ) & 'fo':*"
     q = search.parse('"x"')
     assert search.fts5_query(q) == '"x"' and search.tsquery(q) == "'x'"
 
