@@ -616,13 +616,19 @@ async def _everything(store: Store, user: wire.User, query: str, channel: str | 
         before = found[-1].seq
 
 
-async def test_search_finds_current_bodies_only_on_every_backend(opened: OpenStore) -> None:
+@pytest.mark.parametrize("window", [20_000, 7])
+async def test_search_finds_current_bodies_only_on_every_backend(
+    opened: OpenStore, window: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The same data and queries give the reference answer (chatd.search.matches
     over what is left), so every backend gives the same answer: after sends,
-    edits, deletes, a channel delete and expiry."""
+    edits, deletes, a channel delete and expiry. With a small window, PostgreSQL
+    finds most matches through its second statement (the GIN index)."""
     import random
 
-    from chatd import search
+    from chatd import postgres_store, search
+
+    monkeypatch.setattr(postgres_store, "_SEARCH_WINDOW", window)
 
     store = await opened()
     me, bob = await alice(store), await alice(store, "bob")
