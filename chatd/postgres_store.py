@@ -145,7 +145,7 @@ _TOUCH_CHANNELS = (
 
 
 #: search walks this many of the newest seqs before it turns to the GIN index
-_SEARCH_WINDOW = 20_000
+_SEARCH_WINDOW = 10_000
 
 
 def _columns(rows: list[tuple[Any, ...]]) -> list[list[Any]]:
@@ -732,6 +732,9 @@ class _PgSnapshot:
         ts = tsquery(query)
         in_channel = "" if channel_id is None else " AND m.channel_id = ?"
         also = () if channel_id is None else (channel_id,)
+        # The window ends at the newest message, not at `before` (2^63 - 1 for "all").
+        last, _ = await self.counter()
+        before = min(before, last + 1)
         start = max(0, before - _SEARCH_WINDOW)
         rows = await self._rows(_placeholders(
             f"SELECT {SEARCH_COLUMNS} FROM messages m JOIN channels c ON c.id = m.channel_id"
