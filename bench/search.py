@@ -11,7 +11,9 @@ searches of each kind, one at a time, through :meth:`chatd.store.Store.search`
 * one-word: a word of the vocabulary (as typed: also a prefix);
 * two-word: two words of one stored body (the second also a prefix);
 * phrase: two consecutive words of one stored body, in quotes;
-* prefix: the first 2 letters of a word.
+* prefix: the first 2 letters of a word;
+* in-channel: a one-word query in the first channel only (1/channels of the
+  messages).
 
 and prints p50/p99 latency for each, and the index's size on disk (sqlite:
 the FTS5 tables and the ``words`` column, from ``dbstat``). ``--db`` may name a
@@ -128,25 +130,28 @@ def _percentiles(ms: list[float]) -> dict[str, float]:
             "max_ms": round(ms[-1], 2)}
 
 
-async def queries(store: Store, me: wire.User, bodies: Bodies, n: int, seed: int
-                  ) -> dict[str, Any]:
+async def queries(store: Store, me: wire.User, bodies: Bodies, n: int, seed: int,
+                  channel: str | None = None) -> dict[str, Any]:
     rng = random.Random(seed)
     vocab = bodies.vocab
     # typed queries: a mix of frequent and rare words, as the Zipf draw makes them
     sample = Bodies(vocab, seed + 1)
-    kinds: dict[str, list[str]] = {"one-word": [], "two-word": [], "phrase": [], "prefix": []}
+    kinds: dict[str, list[str]] = {"one-word": [], "two-word": [], "phrase": [], "prefix": [],
+                                   "in-channel": []}
     for _ in range(n):
         w = sample.words(3)
         kinds["one-word"].append(w[0])
         kinds["two-word"].append(f"{w[0]} {w[1]}")
         kinds["phrase"].append(f'"{w[0]} {w[1]}"')
         kinds["prefix"].append(rng.choice(vocab)[:2])
+        kinds["in-channel"].append(w[2])
     out: dict[str, Any] = {}
     for kind, qs in kinds.items():
         times, hits = [], 0
         for q in qs:
             t0 = time.perf_counter()
-            found, _ = await store.search(me.id, q, None, None, 20)
+            where = channel if kind == "in-channel" else None
+            found, _ = await store.search(me.id, q, where, None, 20)
             times.append((time.perf_counter() - t0) * 1000)
             hits += len(found)
         out[kind] = {**_percentiles(times), "mean_hits": round(hits / len(qs), 1)}
@@ -164,17 +169,20 @@ async def run(args: argparse.Namespace, db: str) -> dict[str, Any]:
         if args.reuse:
             async with store.backend.reader() as snap:
                 (user_row,) = await snap.users()
+                channel = (await snap.channels())[0][0]
             me = wire.User(user_row[0], user_row[1])
         else:
             t0 = time.perf_counter()
-            me, _ = await fill(store, args.messages, args.batch, args.channels, bodies)
+            me, channels = await fill(store, args.messages, args.batch, args.channels, bodies)
+            channel = channels[0]
             result["fill_s"] = round(time.perf_counter() - t0, 1)
             if "://" in db:
                 # What autovacuum does after such a fill, on its own schedule: without
                 # the words' statistics the planner walks every message for a rare word.
                 async with store.backend.reader() as snap:
                     await snap.conn.execute("ANALYZE messages")  # type: ignore[attr-defined]
-        result["queries"] = await queries(store, me, bodies, args.queries, args.seed + 7)
+        result["queries"] = await queries(store, me, bodies, args.queries, args.seed + 7,
+                                          channel)
         if "://" in db:
             result["index"] = await pg_index_size(store)
     finally:
