@@ -41,8 +41,11 @@ pytest: $(STAMP) browser postgres
 
 test: lint typecheck pytest
 
+# The scenarios, then search over 1,000,000 stored messages (bench/search.py:
+# a few minutes, so in `make bench` only, never in `make test`).
 bench: $(STAMP)
 	$(PY) -m bench $(ARGS)
+	$(PY) -m bench.search
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache test-artifacts

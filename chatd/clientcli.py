@@ -220,6 +220,14 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("--limit", type=int, default=100, help="how many (1 to 500)")
     p.add_argument("--before", type=int, metavar="SEQ", help="only messages before this seq")
     p.add_argument("--json", action="store_true", help="print each message as JSON")
+    p = add("search", cmd_search, "find messages by their words, newest first")
+    p.add_argument("query", metavar="WORDS",
+                   help='the words; "quoted words" must be together; the last word may be'
+                   " the beginning of one")
+    p.add_argument("--channel", metavar="NAME", help="only this channel (name or id)")
+    p.add_argument("--limit", type=int, default=20, help="how many (1 to 100)")
+    p.add_argument("--before", type=int, metavar="SEQ", help="only messages before this seq")
+    p.add_argument("--json", action="store_true", help="print each hit as JSON")
     p = add("tail", cmd_tail, "print events as they happen; reconnects and resumes by itself")
     p.add_argument("--since", type=int, metavar="SEQ", help="start after this seq (default: now)")
     p.add_argument(
@@ -413,6 +421,26 @@ async def _history(args: argparse.Namespace) -> int:
         _print(wire.encode(message).decode() if args.json else format_message(message))
     if ok.more and ok.messages and not args.json:
         _print(f"(older messages exist: --before {ok.messages[0].seq})", sys.stderr)
+    return 0
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    return _run(args, _search)
+
+
+async def _search(args: argparse.Namespace) -> int:
+    if not 1 <= args.limit <= 100:
+        raise CliError("--limit must be between 1 and 100")
+    async with _client(args, ONE_SHOT_DELAYS) as client:
+        channel_id = None
+        if args.channel is not None:
+            channel_id = resolve_channel((await client.boot()).channels, args.channel).id
+        ok = await client.search(args.query, channel_id, before=args.before, limit=args.limit)
+    for hit in ok.messages:
+        _print(wire.encode(hit).decode() if args.json
+               else f"#{escape(hit.channel.name)} {format_message(hit)}")
+    if ok.more and ok.messages and not args.json:
+        _print(f"(older matches exist: --before {ok.messages[-1].seq})", sys.stderr)
     return 0
 
 

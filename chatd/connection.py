@@ -586,6 +586,13 @@ class Session:
                 channel_id, cmd.before, cmd.limit, self._me().id)
         return wire.HistoryOk(cmd.ref, messages, more)
 
+    async def _search(self, cmd: wire.Search) -> wire.SearchOk:
+        channel_id = None if cmd.channel is None else validate.text("channel", cmd.channel)
+        async with self._read_slot():
+            hits, more = await self.app.store.search(
+                self._me().id, cmd.query, channel_id, cmd.before, cmd.limit)
+        return wire.SearchOk(cmd.ref, hits, more)
+
     async def _subscribe(self, cmd: wire.Subscribe) -> None:
         app = self.app
         epoch = app.store.epoch
@@ -648,6 +655,7 @@ _HANDLERS: dict[type[wire.Command], Handler] = {
     wire.DeleteMessage: Session._delete_message,
     wire.EditMessage: Session._edit_message,
     wire.History: Session._history,
+    wire.Search: Session._search,
     wire.Subscribe: Session._subscribe,
     wire.Unsubscribe: Session._unsubscribe,
     wire.ChangePassword: Session._change_password,

@@ -17,6 +17,9 @@ one ``migrations`` row, its creation at the newest version (name
 :data:`CREATED`). A database whose version is newer than this code is a
 :class:`~chatd.exceptions.StartupError`, and nothing in it is changed.
 
+A migration may also need Python (:attr:`Migration.backfill`): it runs
+between the migration's SQL and its ``*_after`` SQL, in the same transaction.
+
 Adding version N: write :data:`SCHEMA_VERSION` = N, the new tables or columns in
 both schema files (new columns last, where ``ALTER TABLE ... ADD COLUMN`` puts
 them), a ``Migration(N, ...)`` here, and check that tests/test_upgrade.py still
@@ -28,11 +31,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
+from typing import Any
 
+from . import search
 from .exceptions import StartupError
 
 #: The schema version of a new database; the version this code reads and writes.
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 #: The ``migrations.name`` of the row a new database is created with.
 CREATED = "new database"
@@ -48,6 +53,14 @@ class Migration:
     #: statements separated by semicolons, no semicolon inside a literal
     sqlite: str
     postgres: str
+    #: what SQL cannot compute (a message's search words need Python's Unicode
+    #: rules): ``backfill(backend, conn)`` runs after the SQL above, in the same
+    #: transaction, with ``backend`` "sqlite" or "postgres" and that backend's
+    #: DB-API connection (sqlite3 or psycopg); then ``*_after`` runs (indexes are
+    #: cheaper to build once the rows are filled).
+    backfill: Callable[[str, Any], None] | None = None
+    sqlite_after: str = ""
+    postgres_after: str = ""
 
 
 _V2_SQLITE = """
@@ -130,6 +143,66 @@ CREATE TABLE reads (
 CREATE INDEX reads_channel ON reads(channel_id)
 """
 
+# Search (issue 14): each message's words as search.index_text makes them, and an
+# index of them kept by the database in the transaction that changes the message.
+# sqlite: an FTS5 table over messages.words (external content: the words are
+# stored once), written by the store with every insert, edit and delete of a
+# message (schema.sql says why not by triggers). PostgreSQL: a tsvector of the
+# words with their positions (search.tsvector_text: no parser, no stemming)
+# with a GIN index.
+_V5_SQLITE = """
+ALTER TABLE messages ADD COLUMN words TEXT NOT NULL DEFAULT ''
+"""
+_V5_SQLITE_AFTER = """
+CREATE VIRTUAL TABLE message_words USING fts5(
+    words, content='messages', content_rowid='seq', tokenize='ascii', columnsize=0,
+    prefix='1 2 3 4 5 6'
+);
+INSERT INTO message_words(message_words) VALUES ('rebuild')
+"""
+_V5_POSTGRES = """
+ALTER TABLE messages ADD COLUMN words TSVECTOR NOT NULL DEFAULT ''
+"""
+# ANALYZE: the planner needs the words' statistics to choose between walking
+# messages newest first (a frequent word) and the GIN index (a rare one); a
+# backfilled column has none until autovacuum gets to it.
+_V5_POSTGRES_AFTER = """
+CREATE INDEX messages_words ON messages USING gin (words);
+ANALYZE messages
+"""
+#: the PostgreSQL expression of a message's tsvector from search.tsvector_text
+PG_WORDS = "{}::tsvector"
+
+_BACKFILL_PAGE = 5000
+
+
+def _v5_backfill(backend: str, conn: Any) -> None:
+    """messages.words of every existing message, a page at a time (by seq)."""
+    last = -1
+    while True:
+        if backend == "sqlite":
+            rows = conn.execute(
+                "SELECT seq, body FROM messages WHERE seq > ? ORDER BY seq LIMIT ?",
+                (last, _BACKFILL_PAGE)).fetchall()
+            if not rows:
+                return
+            conn.executemany("UPDATE messages SET words = ? WHERE seq = ?",
+                             [(search.index_text(body), seq) for seq, body in rows])
+        else:
+            rows = conn.execute(
+                "SELECT seq, body FROM messages WHERE seq > %s ORDER BY seq LIMIT %s",
+                (last, _BACKFILL_PAGE)).fetchall()
+            if not rows:
+                return
+            conn.execute(
+                "UPDATE messages m SET words = " + PG_WORDS.format("t.words")
+                + " FROM unnest(%s::bigint[], %s::text[]) AS t(seq, words) WHERE m.seq = t.seq",
+                ([seq for seq, _ in rows],
+                 [search.tsvector_text(search.index_text(bytes(body).decode()))
+                  for _, body in rows]))
+        last = rows[-1][0]
+
+
 #: Every migration, by version (2 to :data:`SCHEMA_VERSION`, none missing).
 MIGRATIONS: dict[int, Migration] = {
     m.version: m
@@ -154,6 +227,16 @@ MIGRATIONS: dict[int, Migration] = {
             " events.restricted/only_user); read positions (reads)",
             _V4.format(int="INTEGER", rowid=" WITHOUT ROWID", sender="channel_id, sender_id"),
             _V4.format(int="BIGINT", rowid="", sender="channel_id, sender_id, seq"),
+        ),
+        Migration(
+            5,
+            "search: messages.words, and an index of them (sqlite FTS5, PostgreSQL GIN);"
+            " filled from the existing messages",
+            _V5_SQLITE,
+            _V5_POSTGRES,
+            backfill=_v5_backfill,
+            sqlite_after=_V5_SQLITE_AFTER,
+            postgres_after=_V5_POSTGRES_AFTER,
         ),
     ]
 }

@@ -58,15 +58,24 @@ from psycopg.pq import ConnStatus, TransactionStatus
 from . import migrations
 from .crypto import new_epoch
 from .exceptions import StartupError, Unavailable
-from .migrations import SCHEMA_VERSION, Migration
+from .migrations import PG_WORDS, SCHEMA_VERSION, Migration
+from .search import Query, index_text, tsquery, tsvector_text
 from .sendbuffer import SendBuffer
-from .sqlrows import USER_EVENTS, RowStatements, SnapshotStatements
+from .sqlrows import (
+    SEARCH_CHANNEL,
+    SEARCH_COLUMNS,
+    SEARCH_VISIBLE,
+    USER_EVENTS,
+    RowStatements,
+    SnapshotStatements,
+)
 from .storage import (
     AccountRow,
     EventRow,
     InviteRow,
     MessageRow,
     NonceRow,
+    SearchRow,
     UserRow,
     WriteTx,
 )
@@ -148,9 +157,12 @@ _INSERT_EVENTS = (
     " %b::integer[], %b::text[])"
 )
 _INSERT_MESSAGES = (
-    "INSERT INTO messages(seq, id, channel_id, sender_id, sender_name, at_ms, body)"
-    " SELECT * FROM unnest(%b::bigint[], %b::text[], %b::text[], %b::text[], %b::text[],"
-    " %b::bigint[], %b::bytea[])"
+    "INSERT INTO messages(seq, id, channel_id, sender_id, sender_name, at_ms, body, words)"
+    " SELECT seq, id, channel_id, sender_id, sender_name, at_ms, body, "
+    + PG_WORDS.format("words")
+    + " FROM unnest(%b::bigint[], %b::text[], %b::text[], %b::text[], %b::text[],"
+    " %b::bigint[], %b::bytea[], %b::text[])"
+    " AS t(seq, id, channel_id, sender_id, sender_name, at_ms, body, words)"
 )
 _INSERT_NONCES = (
     "INSERT INTO nonces(user_id, nonce, message_id, seq, at_ms, channel_id, channel_name)"
@@ -161,6 +173,10 @@ _TOUCH_CHANNELS = (
     "UPDATE channels c SET active_ms = t.at_ms"
     " FROM unnest(%b::text[], %b::bigint[]) AS t(id, at_ms) WHERE c.id = t.id"
 )
+
+
+#: search walks this many of the newest seqs before it turns to the GIN index
+_SEARCH_WINDOW = 10_000
 
 
 def _columns(rows: list[tuple[Any, ...]]) -> list[list[Any]]:
@@ -235,6 +251,7 @@ class _PgTx(SendBuffer, RowStatements):
         if self._messages:
             columns = _columns(self._messages)
             columns[6] = [body.encode() for body in columns[6]]  # BYTEA: UTF-8
+            columns[7] = [tsvector_text(words) for words in columns[7]]
             execute(_INSERT_MESSAGES, columns)
             self._messages.clear()
         if self._nonces:
@@ -307,8 +324,9 @@ class _PgTx(SendBuffer, RowStatements):
     # -- messages and events
 
     def edit_message(self, seq: int, body: str, edited_ms: int) -> None:
-        self._run("UPDATE messages SET body = %s, edited_ms = %s WHERE seq = %s",
-                  (body.encode(), edited_ms, seq))
+        self._run("UPDATE messages SET body = %s, edited_ms = %s, words = "
+                  + PG_WORDS.format("%s") + " WHERE seq = %s",
+                  (body.encode(), edited_ms, tsvector_text(index_text(body)), seq))
 
     def delete_messages(self, rows: list[tuple[str, int]]) -> None:
         seqs, ids = [s for _, s in rows], [i for i, _ in rows]
@@ -681,6 +699,10 @@ def migrate(
 
     def apply(m: Migration) -> None:
         conn.execute(m.postgres.encode())  # several statements: no parameters
+        if m.backfill is not None:
+            m.backfill("postgres", conn)
+        if m.postgres_after.strip():
+            conn.execute(m.postgres_after.encode())
         for sql, args in zip(
             migrations.RECORD, migrations.record_args(m, int(time.time() * 1000)), strict=True
         ):
@@ -787,3 +809,41 @@ class _PgSnapshot(SnapshotStatements):
         return await self._messages(
             "WHERE channel_id = %s AND seq > %s ORDER BY seq LIMIT %s", (channel_id, after, limit)
         )
+
+    async def search(
+        self, user_id: str, query: Query, channel_id: str | None, before: int, limit: int
+    ) -> list[SearchRow] | None:
+        """Two statements whose work is bounded whatever the words' frequencies,
+        rather than one whose plan rests on the planner's guess of them (a wrong
+        guess walks every message for a rare word, or reads every match of a
+        frequent one, 100 ms and more at 300,000 messages): first the newest
+        :data:`_SEARCH_WINDOW` seqs, walked newest first; only if they hold too
+        few matches (so the words are rare), the older messages through the GIN
+        index."""
+        if channel_id is not None:
+            if await self._row(_placeholders(SEARCH_CHANNEL), (channel_id, user_id)) is None:
+                return None
+        ts = tsquery(query)
+        in_channel = "" if channel_id is None else " AND m.channel_id = ?"
+        also = () if channel_id is None else (channel_id,)
+        # The window ends at the newest message, not at `before` (2^63 - 1 for "all").
+        last, _ = await self.counter()
+        before = min(before, last + 1)
+        start = max(0, before - _SEARCH_WINDOW)
+        rows = await self._rows(_placeholders(
+            f"SELECT {SEARCH_COLUMNS} FROM messages m JOIN channels c ON c.id = m.channel_id"
+            f" WHERE m.seq < ? AND m.seq >= ? AND m.words @@ ?::tsquery{in_channel}"
+            f" AND {SEARCH_VISIBLE} ORDER BY m.seq DESC LIMIT ?"),
+            (before, start, ts, *also, user_id, limit))
+        if len(rows) < limit and start > 0:
+            # MATERIALIZED: the matches are found through the index, all of them
+            # (few: the window had fewer than the limit), then sorted.
+            rows += await self._rows(_placeholders(
+                "WITH hits AS MATERIALIZED (SELECT m.seq FROM messages m"
+                f" WHERE m.seq < ? AND m.words @@ ?::tsquery{in_channel})"
+                f" SELECT {SEARCH_COLUMNS} FROM hits h JOIN messages m ON m.seq = h.seq"
+                f" JOIN channels c ON c.id = m.channel_id WHERE {SEARCH_VISIBLE}"
+                " ORDER BY m.seq DESC LIMIT ?"),
+                (start, ts, *also, user_id, limit - len(rows)))
+        return [(i, seq, at_ms, uid, name, body.decode(), edited, cid, cname, kind)
+                for i, seq, at_ms, uid, name, body, edited, cid, cname, kind in rows]

@@ -81,7 +81,8 @@ from .ops import (
     StoredUser,
     TailPage,
 )
-from .storage import AccountRow, Backend, NonceRow, Snapshot, UserRow, WriteTx
+from .search import Query, matches
+from .storage import AccountRow, Backend, NonceRow, SearchRow, Snapshot, UserRow, WriteTx
 
 log = logging.getLogger("chatd.rules")
 
@@ -657,6 +658,39 @@ async def history(
         for mid, seq, at_ms, uid, uname, body, edited in reversed(rows[:limit])
     ]
     return messages, len(rows) > limit
+
+
+async def search(
+    snap: Snapshot, user_id: str, query: Query, channel_id: str | None, before: int | None,
+    limit: int,
+) -> tuple[list[wire.SearchHit], bool]:
+    """The newest ``limit`` messages that match ``query`` (:mod:`chatd.search`),
+    with seq < before, that the user may search; and whether more exist.
+
+    The index finds candidates; each is confirmed on its current body, so the
+    answer is the protocol's rule exactly, on every backend.
+    """
+    found: list[SearchRow] = []
+    cursor = wire.MAX_SEQ if before is None else before
+    page = limit + 1
+    while len(found) <= limit:
+        rows = await snap.search(user_id, query, channel_id, cursor, page)
+        if rows is None:
+            raise NotFound(no_channel(channel_id or ""))
+        found += [row for row in rows if matches(query, row[5])]
+        if len(rows) < page:
+            break
+        cursor = rows[-1][1]
+        # Candidates that were not matches (a phrase's words apart, a long prefix
+        # looked up by its start): ask for more at a time, up to a bound.
+        page = min(page * 4, 2000)
+    hits = [
+        wire.SearchHit(mid, seq, wire.format_at(at_ms), wire.User(uid, uname), body,
+                       None if edited is None else wire.format_at(edited),
+                       channel=wire.Channel(cid, cname, kind))
+        for mid, seq, at_ms, uid, uname, body, edited, cid, cname, kind in found[:limit]
+    ]
+    return hits, len(found) > limit
 
 
 async def boot(snap: Snapshot, user_id: str) -> tuple[int, wire.Me, list[wire.BootChannel]]:

@@ -1,4 +1,4 @@
--- chatd schema for PostgreSQL, version 4: the tables of schema.sql (the sqlite
+-- chatd schema for PostgreSQL, version 5: the tables of schema.sql (the sqlite
 -- schema) with PostgreSQL types. chatd.postgres_store applies this file to a new
 -- database in one transaction and records the version in meta('schema_version');
 -- an older database is brought here by chatd/migrations.py (a change here needs
@@ -67,11 +67,15 @@ CREATE TABLE messages (
     at_ms       BIGINT NOT NULL,
     body        BYTEA NOT NULL,           -- UTF-8
     -- version 3:
-    edited_ms   BIGINT                    -- the time of its latest edit, NULL if never
+    edited_ms   BIGINT,                   -- the time of its latest edit, NULL if never
+    -- version 5: its words for search with their positions
+    -- (chatd.search.tsvector_text: no parser, no stemming)
+    words       TSVECTOR NOT NULL DEFAULT ''
 );
 CREATE INDEX messages_channel ON messages(channel_id, seq);
 CREATE INDEX messages_at ON messages(at_ms);
 CREATE INDEX messages_sender ON messages(channel_id, sender_id, seq);  -- unread counts
+CREATE INDEX messages_words ON messages USING gin (words);
 
 -- The retained event log. `frame` is the event's wire frame, encoded once when
 -- it is committed; replay sends it as stored. A deleted message's message.sent

@@ -10,10 +10,12 @@ allows, with its one exception at :meth:`~chatd.storage.WriteTx.nonces`).
 
 from __future__ import annotations
 
+from .search import index_text
+
 #: (seq, at_ms, channel_id, frame, message_id, restricted (0/1), only_user)
 EventRow = tuple[int, int, str, bytes, str | None, int, str | None]
-#: (seq, id, channel_id, sender_id, sender_name, at_ms, body)
-MessageInsert = tuple[int, str, str, str, str, int, str]
+#: (seq, id, channel_id, sender_id, sender_name, at_ms, body, words for search)
+MessageInsert = tuple[int, str, str, str, str, int, str, str]
 #: (user_id, nonce, message_id, seq, at_ms, channel_id, channel_name)
 NonceInsert = tuple[str, str, str, int, int, str, str]
 
@@ -53,7 +55,10 @@ class SendBuffer:
         self, seq: int, message_id: str, channel_id: str, sender_id: str, sender_name: str,
         at_ms: int, body: str,
     ) -> None:
-        self._messages.append((seq, message_id, channel_id, sender_id, sender_name, at_ms, body))
+        # The search index's words are computed here, on the writing thread, and
+        # written with the message row: one bulk statement for both.
+        self._messages.append((seq, message_id, channel_id, sender_id, sender_name, at_ms, body,
+                               index_text(body)))
 
     def insert_nonce(
         self, user_id: str, nonce: str, message_id: str, seq: int, at_ms: int,

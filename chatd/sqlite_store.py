@@ -40,14 +40,23 @@ from . import migrations
 from .crypto import new_epoch
 from .exceptions import StartupError
 from .migrations import SCHEMA_VERSION, Migration
+from .search import Query, fts5_query, index_text
 from .sendbuffer import SendBuffer
-from .sqlrows import USER_EVENTS, RowStatements, SnapshotStatements
+from .sqlrows import (
+    SEARCH_CHANNEL,
+    SEARCH_COLUMNS,
+    SEARCH_VISIBLE,
+    USER_EVENTS,
+    RowStatements,
+    SnapshotStatements,
+)
 from .storage import (
     AccountRow,
     EventRow,
     InviteRow,
     MessageRow,
     NonceRow,
+    SearchRow,
     UserRow,
     WriteTx,
 )
@@ -64,6 +73,17 @@ def schema_sql() -> str:
         return (resources.files("chatd") / "schema.sql").read_text("utf-8")
     except (FileNotFoundError, OSError):
         return (Path(__file__).resolve().parent.parent / "schema.sql").read_text("utf-8")
+
+
+# The search index (schema.sql: message_words) is written here, not by triggers
+# (schema.sql says why): with every message inserted, before a message's words
+# change or it is deleted (FTS5's 'delete' takes the words that were indexed,
+# read from the row while it still has them), and after they changed.
+MESSAGE_WORDS_INSERT = "INSERT INTO message_words(rowid, words) VALUES (?, ?)"
+MESSAGE_WORDS_DELETE = (
+    "INSERT INTO message_words(message_words, rowid, words)"
+    " SELECT 'delete', seq, words FROM messages WHERE seq = ?"
+)
 
 
 class _SqliteTx(SendBuffer, RowStatements):
@@ -93,10 +113,11 @@ class _SqliteTx(SendBuffer, RowStatements):
             self._events.clear()
         if self._messages:
             conn.executemany(
-                "INSERT INTO messages(seq, id, channel_id, sender_id, sender_name, at_ms, body)"
-                " VALUES (?,?,?,?,?,?,?)",
+                "INSERT INTO messages(seq, id, channel_id, sender_id, sender_name, at_ms, body,"
+                " words) VALUES (?,?,?,?,?,?,?,?)",
                 self._messages,
             )
+            conn.executemany(MESSAGE_WORDS_INSERT, [(m[0], m[7]) for m in self._messages])
             self._messages.clear()
         if self._nonces:
             conn.executemany(
@@ -161,11 +182,15 @@ class _SqliteTx(SendBuffer, RowStatements):
     # -- messages and events
 
     def edit_message(self, seq: int, body: str, edited_ms: int) -> None:
-        self._run("UPDATE messages SET body = ?, edited_ms = ? WHERE seq = ?",
-                  (body, edited_ms, seq))
+        words = index_text(body)
+        self._run(MESSAGE_WORDS_DELETE, (seq,))
+        self._run("UPDATE messages SET body = ?, edited_ms = ?, words = ? WHERE seq = ?",
+                  (body, edited_ms, words, seq))
+        self._run(MESSAGE_WORDS_INSERT, (seq, words))
 
     def delete_messages(self, rows: list[tuple[str, int]]) -> None:
         self._flush()
+        self.conn.executemany(MESSAGE_WORDS_DELETE, [(s,) for _, s in rows])
         self.conn.executemany("DELETE FROM messages WHERE seq = ?", [(s,) for _, s in rows])
         # By seq too: the message.sent event of a message from before events
         # had a message_id is found by its seq.
@@ -437,6 +462,27 @@ class _SqliteSnapshot(SnapshotStatements):
             (channel_id, after, limit),
         )
 
+    async def search(
+        self, user_id: str, query: Query, channel_id: str | None, before: int, limit: int
+    ) -> list[SearchRow] | None:
+        # FTS5 walks its index by rowid (the seq), newest first, and stops at the
+        # limit: no sort, whatever the number of matches.
+        args: tuple[Any, ...]
+        if channel_id is None:
+            in_channel, args = "", (fts5_query(query), before, user_id, limit)
+        else:
+            if not await self._rows(SEARCH_CHANNEL, (channel_id, user_id)):
+                return None
+            in_channel = " AND m.channel_id = ?"
+            args = (fts5_query(query), before, channel_id, user_id, limit)
+        return await self._rows(
+            f"SELECT {SEARCH_COLUMNS} FROM message_words w"
+            " JOIN messages m ON m.seq = w.rowid JOIN channels c ON c.id = m.channel_id"
+            f" WHERE message_words MATCH ? AND w.rowid < ?{in_channel} AND {SEARCH_VISIBLE}"
+            " ORDER BY w.rowid DESC LIMIT ?",
+            args,
+        )
+
 
 def _has_meta(conn: sqlite3.Connection) -> bool:
     row = conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'meta'")
@@ -468,6 +514,10 @@ def migrate(conn: sqlite3.Connection, where: str) -> list[Migration]:
 
     def apply(m: Migration) -> None:
         for statement in _split_sql(m.sqlite):
+            conn.execute(statement)
+        if m.backfill is not None:
+            m.backfill("sqlite", conn)
+        for statement in _split_sql(m.sqlite_after):
             conn.execute(statement)
         for sql, args in zip(
             migrations.RECORD, migrations.record_args(m, int(time.time() * 1000)), strict=True

@@ -36,6 +36,21 @@ USER_EVENTS = (
 )
 
 
+# ---------------------------------------------------------------- visibility
+#: THE rule of which channels a user may search (PROTOCOL.md: the channels it
+#: can see), as a condition on ``c``, a row of ``channels``; its one ``?`` is the
+#: searching user's id. Both backends' search statements use it, and nothing
+#: else decides: the channels the user can see (:data:`VISIBLE`).
+SEARCH_VISIBLE = VISIBLE
+
+#: the columns of a :data:`chatd.storage.SearchRow`, over ``messages m`` and ``channels c``
+SEARCH_COLUMNS = (
+    "m.id, m.seq, m.at_ms, m.sender_id, m.sender_name, m.body, m.edited_ms, c.id, c.name,"
+    " c.kind"
+)
+#: whether the channel ``?`` (then the user ``?``) may be searched
+SEARCH_CHANNEL = f"SELECT 1 FROM channels c WHERE c.id = ? AND {SEARCH_VISIBLE}"
+
 
 class RowStatements:
     """Mixed into a backend's write transaction; see the module docstring."""

@@ -32,6 +32,7 @@ from contextlib import AbstractAsyncContextManager
 from typing import Any, Protocol, TypeVar
 
 from .migrations import Migration
+from .search import Query
 
 T = TypeVar("T")
 
@@ -59,6 +60,8 @@ NonceRow = tuple[str, int, int, str, str, str | None, int | None]
 MessageRow = tuple[str, int, int, str, str, str, int | None]
 #: (seq, channel_id, sender_id, sender_name, at_ms)
 MessageInfo = tuple[int, str, str, str, int]
+#: a MessageRow, then (channel_id, channel_name, channel kind)
+SearchRow = tuple[str, int, int, str, str, str, int | None, str, str, str]
 
 
 class WriteTx(Protocol):
@@ -347,6 +350,17 @@ class Snapshot(Protocol):
 
     async def messages_after(self, channel_id: str, after: int, limit: int) -> list[MessageRow]:
         """The oldest ``limit`` messages of the channel with seq > after, oldest first."""
+        ...
+
+    async def search(
+        self, user_id: str, query: Query, channel_id: str | None, before: int, limit: int
+    ) -> list[SearchRow] | None:
+        """Candidates for ``query``: the newest ``limit`` messages with seq < before
+        that its index finds (at least every match; :func:`chatd.search.matches`
+        decides), newest first, in the channels ``user_id`` may search, or in
+        ``channel_id`` only. None when ``channel_id`` is given and is not one of
+        them. Which channels the user may search is
+        :data:`chatd.sqlrows.SEARCH_VISIBLE`, and nowhere else."""
         ...
 
 

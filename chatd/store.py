@@ -17,7 +17,7 @@ import re
 from collections.abc import Callable
 from typing import TypeVar
 
-from . import rules, wire
+from . import rules, search, wire
 from .exceptions import StartupError
 from .ops import EventPage, Op, Published, Result, StoredUser, TailPage
 from .storage import Backend
@@ -142,6 +142,14 @@ class Store:
         """The channel if the user can see it; not_found otherwise."""
         async with self.backend.reader() as snap:
             return await rules.visible_channel(snap, channel_id, user_id)
+
+    async def search(
+        self, user_id: str, query: str, channel_id: str | None, before: int | None, limit: int
+    ) -> tuple[list[wire.SearchHit], bool]:
+        """See :func:`chatd.rules.search`; ``bad_request`` for a query without a word."""
+        parsed = search.parse(query)
+        async with self.backend.snapshot() as snap:
+            return await rules.search(snap, user_id, parsed, channel_id, before, limit)
 
     async def read_events(
         self, after: int, channels: frozenset[str] | None, limit: int, user_id: str

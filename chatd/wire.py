@@ -26,6 +26,10 @@ Limit = Annotated[int, Meta(ge=1, le=500)]
 Role = Literal["admin", "member"]
 InviteUses = Annotated[int, Meta(ge=1, le=1000)]
 InviteTtl = Annotated[int, Meta(ge=60, le=2_592_000)]
+#: a search query: at most 1,000 characters (docs/protocol.md), so that one
+#: query is a bounded amount of matching work
+SearchQuery = Annotated[str, Meta(max_length=1000)]
+SearchLimit = Annotated[int, Meta(ge=1, le=100)]
 
 # --------------------------------------------------------------------- commands
 
@@ -110,6 +114,13 @@ class History(Command, tag="history"):
     limit: Limit = 100
 
 
+class Search(Command, tag="search"):
+    query: SearchQuery
+    channel: str | None = None
+    before: Seq | None = None
+    limit: SearchLimit = 20
+
+
 class Subscribe(Command, tag="subscribe"):
     since: Seq | None = None
     epoch: str | None = None
@@ -179,6 +190,7 @@ AnyCommand = (
     | DeleteMessage
     | EditMessage
     | History
+    | Search
     | Subscribe
     | Unsubscribe
     | ChangePassword
@@ -195,7 +207,7 @@ AnyCommand = (
 #: Commands that need a logged-in connection.
 NEEDS_LOGIN: frozenset[type[Command]] = frozenset(
     {Logout, Boot, CreateChannel, DeleteChannel, OpenDm, AddMember, RemoveMember, Members,
-     MarkRead, Send, DeleteMessage, EditMessage, History,
+     MarkRead, Send, DeleteMessage, EditMessage, History, Search,
      Subscribe,
      Unsubscribe, ChangePassword, Users, CreateInvite, ListInvites, RevokeInvite, SetRole,
      DeactivateUser, ReactivateUser, Typing}
@@ -272,6 +284,12 @@ class Message(Struct, omit_defaults=True):
     body: str
     #: the time of the latest edit; absent for a message never edited
     edited_at: str | None = None
+
+
+class SearchHit(Message, kw_only=True):
+    """A message found by ``search``: the message, and the channel it is in."""
+
+    channel: Channel
 
 
 class MessageRef(Struct):
@@ -387,6 +405,11 @@ class DeleteMessageOk(Ok, tag="ok"):
 
 class HistoryOk(Ok, tag="ok"):
     messages: list[Message]
+    more: bool
+
+
+class SearchOk(Ok, tag="ok"):
+    messages: list[SearchHit]
     more: bool
 
 

@@ -88,6 +88,17 @@ def integrity_check(db: Path) -> str:
         conn.close()
 
 
+def search_index_check(db: Path) -> None:
+    """FTS5's own check of the search index against the messages it indexes
+    (raises sqlite3.DatabaseError if they disagree); the daemon must be stopped."""
+    conn = sqlite3.connect(db)
+    try:
+        conn.execute("INSERT INTO message_words(message_words, rank) VALUES ('integrity-check', 1)")
+        conn.commit()
+    finally:
+        conn.close()
+
+
 def build_db(db: Path, statements: list[tuple[str, tuple[Any, ...]]]) -> None:
     """Make a database file by hand, statement by statement."""
     conn = sqlite3.connect(db)

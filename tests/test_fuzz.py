@@ -347,6 +347,7 @@ OPS: dict[str, list[str]] = {
     "delete_message": ["message"],
     "edit_message": ["message", "body"],
     "history": ["channel", "before", "limit"],
+    "search": ["query", "channel", "before", "limit"],
     "subscribe": ["since", "epoch", "channels"],
     "unsubscribe": [],
     "change_password": ["password", "new_password"],
@@ -383,6 +384,17 @@ GOOD: dict[str, st.SearchStrategy[Any]] = {
     "user": st.sampled_from([Slot("user_me"), Slot("user_other"), "U", "Unope", Slot("chan_own")]),
     "role": st.one_of(st.sampled_from(["admin", "member", "Admin", "owner", ""]), odd_text),
 }
+# What full-text engines take as syntax (FTS5, tsquery), mixed with words: search
+# must treat all of it as text (or refuse it as bad_request), never fail.
+FTS_SYNTAX = ['"', "*", "-", "^", "+", ":", "(", ")", "{", "}", "'", "\\", "&", "|", "!",
+              "<->", ":*", "AND", "OR", "NOT", "NEAR", "NEAR/2", "col:", "hello", "wor",
+              "x1", "ß", "\ufb01", " ", " ", "_", "\u0000", "\ud800", "a" * 200]
+fts_queries = st.one_of(
+    st.lists(st.sampled_from(FTS_SYNTAX), max_size=16).map("".join),
+    odd_text,
+    st.just("x" * 10_000),
+)
+GOOD["query"] = fts_queries
 refs = st.one_of(st.none(), st.integers(), st.text(max_size=70), json_values)
 good_refs = st.one_of(st.integers(), st.text(max_size=64))
 
@@ -473,6 +485,33 @@ def test_fuzz_odd_unicode_is_stored_exactly_or_refused(h, body, name):
             assert 1 <= len(shown) <= 64, (name, r)
         else:
             assert r["code"] in ("bad_request", "too_large", "conflict"), (name, r)
+
+
+@EXAMPLES
+@given(query=fts_queries, limit=st.integers(1, 100), in_channel=st.booleans())
+def test_fuzz_search_queries_are_text(h, query, limit, in_channel):
+    """Any query is answered ok or bad_request, and every hit matches it by the
+    protocol's rule (chatd.search.matches)."""
+    from chatd import search
+
+    cmd: dict[str, Any] = {"op": "search", "ref": "q", "query": query, "limit": limit}
+    if in_channel:
+        cmd["channel"] = h.slots["chan_own"]
+    text = encode(cmd, False)
+    if not fits(text):
+        return
+    r = h.check(text, anon=False)
+    query = json.loads(text)["query"]
+    if r["type"] == "error":
+        assert r["code"] == "bad_request", (query[:100], r)
+        # JSON with a lone surrogate is not JSON to the server (PROTOCOL.md allows that)
+        if not any(0xD800 <= ord(c) <= 0xDFFF for c in query):
+            assert "$.query" in r["message"], (query[:100], r)
+        return
+    parsed = search.parse(query)
+    assert len(r["messages"]) <= limit
+    for hit in r["messages"]:
+        assert search.matches(parsed, hit["body"]), (query[:100], hit)
 
 
 NESTED = {

@@ -601,7 +601,8 @@ async def test_hidden_is_indistinguishable_from_made_up(make_daemon: MakeDaemon)
                     ("delete_channel", {"channel": c}), ("members", {"channel": c}),
                     ("add_member", {"channel": c, "user": eve}),
                     ("remove_member", {"channel": c, "user": eve}),
-                    ("mark_read", {"channel": c, "seq": 0}), ("typing", {"channel": c})]
+                    ("mark_read", {"channel": c, "seq": 0}), ("typing", {"channel": c}),
+                    ("search", {"query": "psst", "channel": c})]
 
         def by_message(m: str) -> list[tuple[str, dict[str, Any]]]:
             return [("edit_message", {"message": m, "body": "x"}),
@@ -618,6 +619,9 @@ async def test_hidden_is_indistinguishable_from_made_up(make_daemon: MakeDaemon)
                 assert set(got) == set(want), (op, got, want)
         boot = await e.ok("boot")
         assert hidden not in {c["id"] for c in boot["channels"]}
+        assert (await e.ok("search", query="psst"))["messages"] == []
+        (hit,) = (await a.ok("search", query="psst"))["messages"]
+        assert hit["id"] == msg and hit["channel"]["kind"] == "private"
         after = (await e.ok("create_channel", name="after"))["channel"]["id"]
         await e.ok("subscribe", since=0, channels=[hidden, dm, after])
         await a.ok("send", channel=hidden, body="more")

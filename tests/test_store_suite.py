@@ -16,7 +16,14 @@ import msgspec
 import pytest
 
 from chatd import wire
-from chatd.exceptions import Conflict, Forbidden, InternalError, NotFound, Unauthorized
+from chatd.exceptions import (
+    BadRequest,
+    Conflict,
+    Forbidden,
+    InternalError,
+    NotFound,
+    Unauthorized,
+)
 from chatd.ops import (
     AddMemberOp,
     ChangePasswordOp,
@@ -672,3 +679,145 @@ async def test_membership_decides_replay_and_audiences(opened: OpenStore) -> Non
         await store.history(priv.id, None, 10, b.id)
     with pytest.raises(NotFound):
         await one(store, SendOp(b, priv.id, "x", None))
+
+
+# ------------------------------------------------------------------ search
+
+#: words that collide in the ways the rules care about: prefixes, case, NFKC,
+#: casefold, digits, separators
+_VOCAB = ["apple", "app", "apply", "Apple", "banana", "ban", "ﬁsh", "fish", "straße",
+          "STRASSE", "x1", "42", "foo_bar", "foo", "bar", "naïve", "NEAR", "AND", "*", "-"]
+
+
+async def _everything(store: Store, user: wire.User, query: str, channel: str | None = None,
+                      page: int = 3) -> list[wire.SearchHit]:
+    """Every hit of ``query``, read page by page with ``before``."""
+    hits: list[wire.SearchHit] = []
+    before = None
+    while True:
+        found, more = await store.search(user.id, query, channel, before, page)
+        assert len(found) <= page and [h.seq for h in found] == sorted(
+            (h.seq for h in found), reverse=True)
+        hits += found
+        if not more:
+            return hits
+        assert len(found) == page
+        before = found[-1].seq
+
+
+@pytest.mark.parametrize("window", [20_000, 7])
+async def test_search_finds_current_bodies_only_on_every_backend(
+    opened: OpenStore, window: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same data and queries give the reference answer (chatd.search.matches
+    over what is left), so every backend gives the same answer: after sends,
+    edits, deletes, a channel delete and expiry. With a small window, PostgreSQL
+    finds most matches through its second statement (the GIN index)."""
+    import random
+
+    from chatd import postgres_store, search
+
+    monkeypatch.setattr(postgres_store, "_SEARCH_WINDOW", window)
+
+    store = await opened()
+    me, bob = await alice(store), await alice(store, "bob")
+    rng = random.Random(14)
+    channels = [await one(store, CreateChannelOp(me, n, n), 1000) for n in ("a", "b", "c")]
+    live: dict[str, tuple[wire.Message, wire.Channel]] = {}
+    for i in range(120):
+        channel = channels[i % 3]
+        body = " ".join(rng.choice(_VOCAB) for _ in range(rng.randint(1, 5)))
+        who = me if i % 2 else bob
+        # the first ten are old enough to expire
+        sent = await one(store, SendOp(who, channel.id, body, None), 2000 if i < 10 else 9000)
+        live[sent.message.id] = (sent.message, channel)
+    ids = list(live)
+    for mid in ids[20:40:3]:  # edits: only the latest body is searched
+        message, channel = live[mid]
+        body = " ".join(rng.choice(_VOCAB) for _ in range(3))
+        edited = await one(store, EditMessageOp(
+            me if message.sender == me else bob, mid, body), 9500)
+        live[mid] = (edited.message, channel)
+    for mid in ids[40:60:4]:
+        await one(store, DeleteMessageOp(me, mid), 9500)
+        del live[mid]
+    await one(store, DeleteChannelOp(me, channels[2].id), 9500)
+    live = {k: v for k, v in live.items() if v[1].id != channels[2].id}
+    expired = await one(store, ExpireOp(
+        message_before_ms=5000, channel_idle_before_ms=0, event_before_ms=0,
+        nonce_before_ms=0, token_before_ms=0, limit=1000), 10_000)
+    assert expired.messages == len([m for m, _ in live.values() if m.at == wire.format_at(2000)])
+    live = {k: v for k, v in live.items() if v[0].at != wire.format_at(2000)}
+
+    queries = ["apple", "app", "APP", "appl", "ban", "banana", "fish", "ﬁ", "strasse",
+               "STRAßE", "x1", "4", "42", "foo bar", '"foo bar"', '"bar foo"', "foo_b",
+               '"apple', 'apple "', "near and", "NEAR(", "apple -ban", "naïve", "nai",
+               '"fish" "apple banana"', "* app", "zzz"]
+    for query in queries:
+        parsed = search.parse(query)
+        expected = sorted(
+            ((m.seq, m.id, m.body, m.edited_at, c.id) for m, c in live.values()
+             if search.matches(parsed, m.body)), reverse=True)
+        got = [(h.seq, h.id, h.body, h.edited_at, h.channel.id)
+               for h in await _everything(store, me, query)]
+        assert got == expected, query
+        in_a = [h.id for h in await _everything(store, bob, query, channels[0].id, page=100)]
+        assert in_a == [e[1] for e in expected if e[4] == channels[0].id], query
+    # a hit is the message as history shows it, and its channel
+    (hit,) = (await store.search(me.id, "apple", channels[0].id, None, 1))[0]
+    shown = {m.id: m for m in (await store.history(channels[0].id, None, 500, me.id))[0]}
+    assert wire.Message(hit.id, hit.seq, hit.at, hit.sender, hit.body,
+                        hit.edited_at) == shown[hit.id]
+    assert hit.channel == channels[0]
+
+
+async def test_search_pages_limits_and_refusals(opened: OpenStore) -> None:
+    store = await opened()
+    me = await alice(store)
+    channel = await one(store, CreateChannelOp(me, "g", "g"))
+    other = await one(store, CreateChannelOp(me, "h", "h"))
+    sent = [await one(store, SendOp(me, (channel, other)[i % 2].id, f"word{i} common", None))
+            for i in range(7)]
+    seqs = [s.message.seq for s in reversed(sent)]
+    hits, more = await store.search(me.id, "common", None, None, 3)
+    assert [h.seq for h in hits] == seqs[:3] and more
+    hits, more = await store.search(me.id, "common", None, hits[-1].seq, 3)
+    assert [h.seq for h in hits] == seqs[3:6] and more
+    hits, more = await store.search(me.id, "common", None, hits[-1].seq, 3)
+    assert [h.seq for h in hits] == seqs[6:] and not more
+    hits, more = await store.search(me.id, "comm", None, seqs[0] + 1, 7)
+    assert len(hits) == 7 and not more
+    hits, more = await store.search(me.id, "common", None, 0, 5)
+    assert (hits, more) == ([], False)
+    hits, _ = await store.search(me.id, "word", other.id, None, 20)  # prefix
+    assert {h.channel.id for h in hits} == {other.id} and len(hits) == 3
+    assert (await store.search(me.id, "word3", None, None, 20))[0][0].id == sent[3].message.id
+    with pytest.raises(NotFound, match="channel"):
+        await store.search(me.id, "common", "Cnope", None, 20)
+    with pytest.raises(NotFound, match="channel"):
+        await store.search(me.id, "common", "C\x00nul", None, 20)
+    for empty in ("", "  ", '""', "!?", "_"):
+        with pytest.raises(BadRequest, match=r"\$\.query"):
+            await store.search(me.id, empty, None, None, 20)
+    # what FTS engines take as syntax is text here, never an error
+    await one(store, SendOp(me, channel.id, 'NEAR AND OR NOT "quoted" a*b ^c -d', None))
+    for query in ['NEAR(a b)', 'AND', 'OR', 'NOT', '"quoted', "a*", "^c", "-d", "a:b",
+                  "a'b", "a\\", "a':*", "'c", "x" * 1000, "é" * 999, "\x00a", "a\x00"]:
+        await store.search(me.id, query, None, None, 20)
+    assert len((await store.search(me.id, "near and or not", None, None, 20))[0]) == 1
+    # candidates that are not matches (a long prefix is looked up by its first
+    # characters, a phrase by its words) are skipped, however many come first
+    wanted = [await one(store, SendOp(me, other.id, f"deployment {i} went fine", None))
+              for i in range(2)]
+    for i in range(60):
+        await one(store, SendOp(me, other.id, f"deployed fine went {i}", None))
+    # a word too frequent in one body for PostgreSQL to keep all its positions
+    repeated = await one(store, SendOp(me, channel.id, "x " * 300 + "y z", None))
+    assert [h.id for h in (await store.search(me.id, '"x y z"', None, None, 5))[0]] == [
+        repeated.message.id]
+    assert (await store.search(me.id, '"y x"', None, None, 5))[0] == []
+    for query in ("deploym", '"went fine"'):
+        hits, more = await store.search(me.id, query, None, None, 1)
+        assert [h.id for h in hits] == [wanted[1].message.id] and more, query
+        hits, more = await store.search(me.id, query, None, hits[0].seq, 5)
+        assert [h.id for h in hits] == [wanted[0].message.id] and not more, query

@@ -85,6 +85,13 @@ async def test_a_0_1_0_database_serves_as_it_was(tmp_path: Path) -> None:
                 await expect_error(alice, "not_found", "history",
                                    channel=RECORD["deleted_channel"])
 
+                # Migration 4 indexed the old messages: each is found by its words.
+                for messages in RECORD["history"].values():
+                    for m in messages:
+                        found = await alice.ok("search", query=m["body"], limit=100)
+                        assert m in [{k: v for k, v in hit.items() if k != "channel"}
+                                     for hit in found["messages"]], m
+
                 # The nonce of 0.1.0 still answers with the first ok, and makes no event.
                 nonce = RECORD["nonce"]
                 again = await alice.ok("send", channel=nonce["channel"], body=nonce["body"],
@@ -261,6 +268,8 @@ async def test_a_version_1_postgresql_database_migrates(pg_url: str) -> None:
             ]
         messages, _ = await store.history("Cg", None, 10, "Uanyone")
         assert [m.body for m in messages] == ["one", "two"]
+        hits, _ = await store.search(ids["bob"], "TW", None, None, 10)
+        assert [(h.id, h.body) for h in hits] == [("M3", "two")]
     finally:
         await store.close()
     with psycopg.connect(pg_url, autocommit=True) as conn:

@@ -55,6 +55,7 @@ from ._replies import (
     REACTIVATE_USER,
     REMOVE_MEMBER,
     REVOKE_INVITE,
+    SEARCH,
     SEND,
     SET_ROLE,
     SUBSCRIBE,
@@ -306,6 +307,19 @@ class Client:
         (never back); the reply has the position and unread count after it."""
         cmd = wire.MarkRead(channel=channel_id, seq=seq)
         return await self._call(MARK_READ, lambda: cmd)
+
+    async def search(
+        self, query: str, channel: str | None = None, before: int | None = None,
+        limit: int | None = None,
+    ) -> wire.SearchOk:
+        """Messages whose current body has every word of ``query``, newest first:
+        in the channels this user can see, or in the channel with id ``channel``;
+        ``before`` a seq to page back; ``limit`` 1 to 100 (the server's default, 20,
+        when None)."""
+        cmd = wire.Search(query=query, channel=channel, before=before)
+        if limit is not None:
+            cmd.limit = limit
+        return await self._call(SEARCH, lambda: cmd)
 
     # ---------------------------------------------------------------- accounts
 

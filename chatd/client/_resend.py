@@ -42,6 +42,7 @@ IDEMPOTENT: Mapping[type[wire.Command], bool] = MappingProxyType(
         wire.Send: True,
         wire.Boot: True,
         wire.History: True,
+        wire.Search: True,
         wire.Ping: True,
         wire.Subscribe: True,
         wire.Unsubscribe: True,

@@ -9,6 +9,9 @@
 const TOKEN_KEY = "chatd.token";
 const CHANNEL_KEY = "chatd.channel";
 const HISTORY_PAGE = 50;
+const SEARCH_PAGE = 20;
+// Going to a search hit loads older history in pages this big (the protocol's most).
+const JUMP_PAGE = 500;
 const BODY_LIMIT = 4096;
 const BACKOFF_BASE_MS = 250;
 const BACKOFF_CAP_MS = 5000;
@@ -450,6 +453,9 @@ const els = {
   passwordUser: $("password-user"), passwordCurrent: $("password-current"),
   passwordNew: $("password-new"), passwordRepeat: $("password-repeat"),
   passwordError: $("password-error"), passwordOk: $("password-ok"),
+  pane: $("pane"), searchForm: $("search-form"), searchInput: $("search-input"),
+  searchResults: $("search-results"), searchSummary: $("search-summary"),
+  searchList: $("search-list"), searchMore: $("search-more"), searchClose: $("search-close"),
 };
 
 const app = {
@@ -462,6 +468,7 @@ const app = {
   online: new Set(), // ids of the users online now: boot's `online`, then presence frames
   typing: new Map(), // channel id -> Map(user id -> { name, timer })
   typingSent: new Map(), // channel id -> when this page last sent `typing` there
+  search: null, // the results shown: { query, oldest, load }, see runSearch
 };
 
 // A fresh object per opening, so late replies for an older view are dropped.
@@ -504,6 +511,7 @@ function clearErrorIf(err) {
 
 function showLogin() {
   closeDialogs();
+  closeSearch();
   app.me = null;
   app.users = [];
   app.usersLoad++;
@@ -722,10 +730,10 @@ function removeMessage(id) {
   view.nodes.delete(id);
 }
 
-async function loadPage(view, older) {
+async function loadPage(view, older, limit = HISTORY_PAGE) {
   if (view.loading || (older && (!view.more || view.oldest === Infinity))) return;
   view.loading = true;
-  const args = { channel: view.channel.id, limit: HISTORY_PAGE };
+  const args = { channel: view.channel.id, limit };
   if (older) args.before = view.oldest;
   try {
     const ok = await session.conn.request("history", args);
@@ -754,12 +762,13 @@ function reportUnlessOffline(err) {
 
 function openChannel(id) {
   const channel = app.channels.get(id);
-  if (!channel) return;
+  if (!channel) return Promise.resolve();
+  closeSearch();
   store.set(CHANNEL_KEY, id);
   app.view = newView(channel);
   renderView();
   renderChannels();
-  loadPage(app.view, false).then(markSeen, reportUnlessOffline);
+  return loadPage(app.view, false).then(markSeen, reportUnlessOffline);
 }
 
 function addChannel(channel) {
@@ -1790,6 +1799,127 @@ function wireMembership() {
   });
 }
 
+// ------------------------------------------------------------ search
+//
+// Results take the conversation's place in the pane; choosing one opens its
+// channel and loads older history until the message is there, then shows it.
+
+function sleep(ms) {
+  return new Promise((resolve) => setTimeout(resolve, ms));
+}
+
+function renderSearchHit(hit) {
+  const button = el("button", "search-hit");
+  button.type = "button";
+  button.dataset.channelId = hit.channel.id;
+  button.dataset.messageId = hit.id;
+  button.dataset.seq = String(hit.seq);
+  const meta = el("span", "meta");
+  const time = el("time", "time", formatTime(hit.at));
+  time.dateTime = hit.at;
+  time.title = hit.at;
+  meta.append(el("span", "hit-channel", hit.channel.name), el("span", "sender", hit.sender.name),
+    time);
+  if (hit.edited_at) meta.append(el("span", "edited", "(edited)"));
+  button.append(meta, el("span", "body", hit.body));
+  const li = el("li");
+  li.append(button);
+  return li;
+}
+
+function showSearch(shown) {
+  els.searchResults.hidden = !shown;
+  els.pane.classList.toggle("searching", shown);
+}
+
+function closeSearch() {
+  if (!app.search) return;
+  app.search = null;
+  els.searchList.replaceChildren();
+  showSearch(false);
+}
+
+// A newer search (or Close) makes the replies of older ones stale.
+let searchLoads = 0;
+
+async function runSearch(query, older) {
+  const load = ++searchLoads;
+  const args = { query, limit: SEARCH_PAGE };
+  if (older) args.before = app.search.oldest;
+  else {
+    app.search = { query, oldest: Infinity, load };
+    els.searchList.replaceChildren();
+    els.searchSummary.textContent = "Searching…";
+    els.searchMore.hidden = true;
+    showSearch(true);
+  }
+  els.searchMore.disabled = true;
+  try {
+    const ok = await session.conn.request("search", args);
+    if (load !== searchLoads || !app.search) return;
+    els.searchList.append(...ok.messages.map(renderSearchHit));
+    for (const hit of ok.messages) app.search.oldest = Math.min(app.search.oldest, hit.seq);
+    const count = els.searchList.childElementCount;
+    els.searchSummary.textContent = count === 0 ? "No messages found."
+      : `${count}${ok.more ? "+" : ""} message${count === 1 && !ok.more ? "" : "s"}`;
+    els.searchMore.hidden = !ok.more;
+  } catch (err) {
+    if (load !== searchLoads || !app.search) return;
+    // bad_request names what is wrong with the query; show it where the results go
+    els.searchSummary.textContent = err.message;
+  } finally {
+    els.searchMore.disabled = false;
+  }
+}
+
+function onSearchSubmit(e) {
+  e.preventDefault();
+  const query = els.searchInput.value;
+  if (!query.trim()) return;
+  clearError();
+  runSearch(query, false);
+}
+
+function onSearchListClick(e) {
+  const hit = e.target.closest(".search-hit");
+  if (!hit) return;
+  clearError();
+  jumpToMessage(hit.dataset.channelId, hit.dataset.messageId, Number(hit.dataset.seq))
+    .catch(reportUnlessOffline);
+}
+
+async function jumpToMessage(channelId, messageId, seq) {
+  if (!app.channels.has(channelId)) {
+    showError("That channel no longer exists.");
+    return;
+  }
+  if (app.view?.channel.id !== channelId) await openChannel(channelId);
+  else closeSearch();
+  const view = app.view;
+  // The view holds the newest messages down to view.oldest, with no gap: older
+  // pages are loaded until the message is among them (or history ends).
+  for (let waits = 0; view === app.view && !view.nodes.has(messageId); ) {
+    if (view.loading || !view.loaded) {
+      if (++waits > 600) return; // 30 s without a page: give up quietly
+      await sleep(50);
+      continue;
+    }
+    if (!view.more || view.oldest < seq) break;
+    await loadPage(view, true, JUMP_PAGE);
+  }
+  if (view !== app.view) return;
+  const node = view.nodes.get(messageId);
+  if (!node) {
+    showError("That message is no longer there.");
+    return;
+  }
+  for (const old of els.messages.querySelectorAll(".message.highlight")) {
+    old.classList.remove("highlight");
+  }
+  node.classList.add("highlight");
+  node.scrollIntoView({ block: "center" });
+}
+
 // ------------------------------------------------------------------ wiring
 
 const conn = new Connection(wsUrl(), {
@@ -1846,6 +1976,10 @@ els.composer.addEventListener("submit", onComposerSubmit);
 els.input.addEventListener("keydown", onComposerKey);
 els.input.addEventListener("input", onComposerInput);
 els.error.addEventListener("click", clearError);
+els.searchForm.addEventListener("submit", onSearchSubmit);
+els.searchList.addEventListener("click", onSearchListClick);
+els.searchMore.addEventListener("click", () => runSearch(app.search.query, true));
+els.searchClose.addEventListener("click", () => { searchLoads++; closeSearch(); });
 // Skip the rest of a backoff wait when the network or the tab comes back.
 window.addEventListener("online", () => conn.wake());
 document.addEventListener("visibilitychange", () => {

@@ -42,6 +42,7 @@ REPLIES: dict[type[wire.Command], type[wire.Ok]] = {
     wire.DeleteMessage: wire.DeleteMessageOk,
     wire.EditMessage: wire.SendOk,
     wire.History: wire.HistoryOk,
+    wire.Search: wire.SearchOk,
     wire.Subscribe: wire.SubscribeOk,
     wire.Unsubscribe: wire.Ok,
     wire.ChangePassword: wire.Ok,
