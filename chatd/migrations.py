@@ -125,7 +125,8 @@ ALTER TABLE channels ADD COLUMN kind TEXT NOT NULL DEFAULT 'public'
     CHECK (kind IN ('public', 'private', 'dm'));
 ALTER TABLE events ADD COLUMN restricted INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE events ADD COLUMN only_user TEXT;
-CREATE INDEX messages_sender ON messages({sender});
+DROP INDEX messages_channel;
+CREATE INDEX messages_channel ON messages(channel_id, seq, sender_id);
 CREATE TABLE members (
     channel_id TEXT NOT NULL,
     user_id    TEXT NOT NULL,
@@ -158,6 +159,7 @@ CREATE VIRTUAL TABLE message_words USING fts5(
     words, content='messages', content_rowid='seq', tokenize='ascii', columnsize=0,
     prefix='1 2 3 4 5 6'
 );
+INSERT INTO message_words(message_words, rank) VALUES ('automerge', 0);
 INSERT INTO message_words(message_words) VALUES ('rebuild')
 """
 _V5_POSTGRES = """
@@ -225,8 +227,8 @@ MIGRATIONS: dict[int, Migration] = {
             4,
             "private channels, dms and membership (channels.kind, members,"
             " events.restricted/only_user); read positions (reads)",
-            _V4.format(int="INTEGER", rowid=" WITHOUT ROWID", sender="channel_id, sender_id"),
-            _V4.format(int="BIGINT", rowid="", sender="channel_id, sender_id, seq"),
+            _V4.format(int="INTEGER", rowid=" WITHOUT ROWID"),
+            _V4.format(int="BIGINT", rowid=""),
         ),
         Migration(
             5,

@@ -356,6 +356,9 @@ class _PgTx(SendBuffer, RowStatements):
 
     # -- expiry
 
+    def tidy_search_index(self, pages: int) -> None:
+        """Nothing: GIN keeps its pending list itself (autovacuum merges it)."""
+
     def commit(self) -> None:
         """The buffers and the COMMIT, in one round trip; with a NOTIFY to the
         other nodes' :meth:`PostgresBackend.listen` if events were stored."""

@@ -591,6 +591,8 @@ class Rules:
         tx.drop_nonces_before(op.nonce_before_ms, op.limit)
         tx.drop_tokens_expired(op.token_before_ms, op.limit)
         tx.drop_invites_done(op.token_before_ms, op.limit)
+        # The merges the commits of sends leave out (schema.sql), bounded like the rest.
+        tx.tidy_search_index(op.limit)
         return Expired(messages, channels, events, horizon, more=budget <= 0)
 
 

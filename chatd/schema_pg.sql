@@ -72,9 +72,10 @@ CREATE TABLE messages (
     -- (chatd.search.tsvector_text: no parser, no stemming)
     words       TSVECTOR NOT NULL DEFAULT ''
 );
-CREATE INDEX messages_channel ON messages(channel_id, seq);
+-- version 4: with sender_id, so unread counts (all messages after the read
+-- position, less the user's own) are two scans of this index and nothing else
+CREATE INDEX messages_channel ON messages(channel_id, seq, sender_id);
 CREATE INDEX messages_at ON messages(at_ms);
-CREATE INDEX messages_sender ON messages(channel_id, sender_id, seq);  -- unread counts
 CREATE INDEX messages_words ON messages USING gin (words);
 
 -- The retained event log. `frame` is the event's wire frame, encoded once when

@@ -217,6 +217,9 @@ class _SqliteTx(SendBuffer, RowStatements):
 
     # -- expiry
 
+    def tidy_search_index(self, pages: int) -> None:
+        self._run("INSERT INTO message_words(message_words, rank) VALUES ('merge', ?)", (pages,))
+
     def commit(self) -> None:
         self._flush()
         self.conn.execute("COMMIT")

@@ -289,8 +289,10 @@ class RowStatements:
         )
 
 
-# Unread counts as two index-only counts (all messages after the read position,
-# less the user's own), not one count that reads every row for its sender_id:
+# Unread counts as two index-only counts over messages(channel_id, seq,
+# sender_id) (all messages after the read position, less the user's own), not
+# one count that reads every row for its sender_id; and no index of its own,
+# which would cost every send a third b-tree insert:
 # boot of 200 channels over 100,000 messages stays a few milliseconds.
 _UNREAD = (
     "(SELECT count(*) FROM messages m WHERE m.channel_id = {c} AND m.seq > {r})"

@@ -131,6 +131,11 @@ class WriteTx(Protocol):
 
     def delete_invite(self, invite_id: str) -> None: ...
 
+    def tidy_search_index(self, pages: int) -> None:
+        """Up to ``pages`` pages of upkeep of the search index that the commits of
+        sends leave out (sqlite: FTS5 segment merges); nothing where there is none."""
+        ...
+
     def drop_invites_done(self, now_ms: int, limit: int) -> None:
         """Delete invites that expired or were used up."""
         ...
