@@ -163,6 +163,8 @@ def main(argv: list[str] | None = None) -> int:
             emit(rows, typing_storm.run_typing(b, n=b.sizes.s2_settings[-1][0]))
         if "MEMBERSHIP" in only:
             emit(rows, membership.rows(quick=args.quick))
+            n = b.sizes.s2_settings[-1][0]
+            emit(rows, membership.run_s2mix(b, n=n, rate=200 if not args.quick else 50))
         if "NODES" in only:
             skipped = nodes.unavailable() or ""
             if not skipped:

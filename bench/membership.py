@@ -45,7 +45,8 @@ from chatd.ops import (
 from chatd.sink import text_frame
 from chatd.store import open_store
 
-from .scenarios import Row, log, verdict
+from .scenarios import Bench, Row, fanout_round, log, verdict
+from .workers import Pool, split
 
 TITLE = "private channels: fanout choice, filtered replay, boot (in-process)"
 SECTION = "MEMBERSHIP"
@@ -238,6 +239,81 @@ def report(results: dict[str, dict[str, float]]) -> list[str]:
         f" unread): p50 {b['p50_ms']:.1f} ms, p99 {b['p99_ms']:.1f} ms; target p99 <= 20 ms: "
         + ("PASS" if b["p99_ms"] <= 20 else "MISS"),
     ]
+
+
+async def _members(host: str, port: int, token: str, n: int, size: int
+                   ) -> tuple[list[str], list[str], list[str]]:
+    """``n`` users (tokens), and private channels of ``size`` members each made by
+    the bench user (who sends); returns the tokens, each user's channel, and the
+    channels."""
+    import msgspec
+    import websockets
+
+    async with websockets.connect(f"ws://{host}:{port}/ws", compression=None,
+                                  max_size=None) as ws:
+        ref = 0
+
+        async def ok(op: str, **args: object) -> dict[str, object]:
+            nonlocal ref
+            ref += 1
+            await ws.send(msgspec.json.encode({"op": op, "ref": ref, **args}).decode())
+            while True:
+                reply = msgspec.json.decode(await ws.recv())
+                if reply.get("ref") == ref:
+                    if reply.get("type") != "ok":
+                        raise RuntimeError(f"{op}: {reply}")
+                    return reply  # type: ignore[no-any-return]
+
+        tokens, ids = [], []
+        for i in range(n):
+            r = await ok("login", name=f"member{i}", password="bench-password-1")
+            tokens.append(str(r["token"]))
+            ids.append(str(r["user"]["id"]))  # type: ignore[index]
+        await ok("auth", token=token)
+        channels, mine = [], []
+        for g in range(0, n, size):
+            made = await ok("create_channel", name=f"private{g}", private=True)
+            cid = str(made["channel"]["id"])  # type: ignore[index]
+            channels.append(cid)
+            for user_id in ids[g:g + size]:
+                await ok("add_member", channel=cid, user=user_id)
+                mine.append(cid)
+    return tokens, mine, channels
+
+
+def run_s2mix(b: Bench, n: int = 1000, rate: int = 200, size: int = 10,
+              every: int = 10) -> list[Row]:
+    """S2 over WebSocket with ``n`` subscribers of ``n`` users: the same load all
+    public, then with every ``every``-th message in one of the private channels of
+    ``size`` members (each subscriber is in one). Every subscriber is checked for
+    exactly the public events and its own channel's, in order."""
+    duration = b.sizes.s2_duration
+    with b.daemon("s2mix") as (d, params):
+        tokens, mine, channels = asyncio.run(
+            _members(d.host, d.port, params["token"], n, size))
+        per = split(n, b.sizes.sub_workers)
+        sub_params, at = [], 0
+        for k in per:
+            sub_params.append({**params, "n": k, "tokens": tokens[at:at + k],
+                               "mine": mine[at:at + k]})
+            at += k
+        with Pool("paced", [params]) as public, \
+                Pool("paced", [{**params, "private": channels, "every": every}]) as mixed, \
+                Pool("subs", sub_params) as subs:
+            public.gather(60, "ready")
+            mixed.gather(60, "ready")
+            subs.gather(300, "ready")
+            base = fanout_round(b, d, public, subs, n, rate, duration,
+                                f"S2 N={n} @{rate}/s, all public, {n} users")
+            mix = fanout_round(b, d, mixed, subs, n, rate, duration,
+                               f"S2-mix N={n} @{rate}/s, 1 in {every} private ({size} members)")
+    for row in (base, mix):
+        p99 = row.detail["p99_ms"]
+        row.target = "p99 <= 100 ms, each subscriber exactly its events, in order"
+        row.status = verdict(p99 is not None and p99 <= 100
+                             and row.detail["all_delivered_in_order"])
+        row.section = SECTION
+    return [base, mix]
 
 
 def rows(quick: bool = False) -> list[Row]:

@@ -208,6 +208,13 @@ async def role_paced(ctl: Ctl, params: dict[str, Any]) -> None:
     ctl.send("ready", 1)
     channel, size = params["channel"], params["body"]
     origin = f"@{params['origin']} " if params.get("origin") else ""
+    # S2-mix: every ``every``-th send goes to the next of the ``private`` channels.
+    private: list[str] = params.get("private") or []
+    every = int(params.get("every") or 0)
+    #: ref -> channel, for the sends to a private channel (their acked seqs are
+    #: reported apart: only that channel's members must see them)
+    private_refs: dict[int, str] = {}
+    acked_private: dict[str, list[int]] = {}
     acked: list[int] = []
     errors: list[str] = []
     replies = sent = 0
@@ -221,7 +228,11 @@ async def role_paced(ctl: Ctl, params: dict[str, Any]) -> None:
             return
         replies += 1
         if reply.type == "ok" and isinstance(reply.message, _SentMsg):
-            acked.append(reply.message.seq)
+            where = private_refs.pop(reply.ref, None) if private_refs else None
+            if where is None:
+                acked.append(reply.message.seq)
+            else:
+                acked_private.setdefault(where, []).append(reply.message.seq)
         elif len(errors) < 5:
             errors.append(f"{reply}")
         if not sending and replies >= sent:
@@ -235,6 +246,8 @@ async def role_paced(ctl: Ctl, params: dict[str, Any]) -> None:
             break
         _, t_start, duration, rate = msg
         acked.clear()
+        acked_private.clear()
+        private_refs.clear()
         errors.clear()
         all_replied.clear()
         replies = sent = 0
@@ -251,7 +264,11 @@ async def role_paced(ctl: Ctl, params: dict[str, Any]) -> None:
                 ref += 1
                 sent += 1
                 body = padded(f"{time.time():.6f} {origin}", size)
-                conn.send_text(encode({"op": "send", "ref": ref, "channel": channel,
+                to = channel
+                if every and sent % every == 0:
+                    to = private[(sent // every) % len(private)]
+                    private_refs[ref] = to
+                conn.send_text(encode({"op": "send", "ref": ref, "channel": to,
                                        "body": body}))
             await sleep_until(t_start + sent / rate)
         send_wall = time.time() - wall0
@@ -267,6 +284,7 @@ async def role_paced(ctl: Ctl, params: dict[str, Any]) -> None:
             errors.append(f"{sent - replies} of {sent} sends got no reply")
         ctl.send("done", {
             "sent": sent, "acked": sorted(acked), "errors": list(errors),
+            "acked_private": {c: sorted(s) for c, s in acked_private.items()},
             "send_wall": send_wall, "cpu": cpu_now() - cpu0, "wall": time.time() - wall0,
         })
     await conn.aclose()
@@ -276,11 +294,13 @@ async def role_paced(ctl: Ctl, params: dict[str, Any]) -> None:
 
 
 class _SubState:
-    __slots__ = ("conn", "seqs")
+    __slots__ = ("conn", "mine", "seqs")
 
-    def __init__(self, conn: Conn) -> None:
+    def __init__(self, conn: Conn, mine: str | None = None) -> None:
         self.conn = conn
         self.seqs = array.array("q")
+        #: S2-mix: the private channel this subscriber's user is a member of
+        self.mine = mine
 
 
 class _Round:
@@ -349,14 +369,18 @@ async def role_subs(ctl: Ctl, params: dict[str, Any]) -> None:
 
         return on_message
 
+    # S2-mix: one user per subscriber (``tokens``), each in one private channel (``mine``)
+    own = list(zip(params.get("tokens") or [], params.get("mine") or [], strict=True))
+
     async def add(n: int) -> None:
         sem = asyncio.Semaphore(CONNECT_CONCURRENCY)
 
         async def one() -> None:
             async with sem:
                 conn = await connect(params["client"], params["host"], params["port"])
-                await conn.ok("auth", token=params["token"])
-                st = _SubState(conn)
+                token, mine = own.pop() if own else (params["token"], None)
+                await conn.ok("auth", token=token)
+                st = _SubState(conn, mine)
                 conn.on_message = handler(st)
                 await conn.ok("subscribe", ephemeral=bool(params.get("ephemeral")))
                 subs.append(st)
@@ -376,30 +400,43 @@ async def role_subs(ctl: Ctl, params: dict[str, Any]) -> None:
                 st.seqs = array.array("q")
             ctl.send("ok")
         elif msg[0] == "check":
-            ctl.send("done", await _check(subs, rnd, msg[1], within=msg[2]))
+            ctl.send("done", await _check(subs, rnd, msg[1], within=msg[2],
+                                          private=msg[3] if len(msg) > 3 else None))
         else:
             break
     await close_all([st.conn for st in subs])
 
 
 async def _check(
-    subs: list[_SubState], rnd: _Round, expected: list[int], *, within: float
+    subs: list[_SubState], rnd: _Round, expected: list[int], *, within: float,
+    private: dict[str, list[int]] | None = None,
 ) -> dict[str, Any]:
     """Wait (up to ``within`` s) for every subscriber to reach the last expected
-    seq, then compare what each saw with the expected seqs."""
-    last = expected[-1] if expected else 0
+    seq, then compare what each saw with the expected seqs (S2-mix: the public
+    ones and those of its own private channel, and no other)."""
+    private = private or {}
+    wants: dict[str | None, array.array[int]] = {None: array.array("q", expected)}
+    for st in subs:
+        if st.mine not in wants:
+            wants[st.mine] = array.array(
+                "q", sorted([*expected, *private.get(st.mine or "", [])]))
+
+    def last_of(st: _SubState) -> int:
+        want = wants[st.mine]
+        return want[-1] if want else 0
+
     deadline = time.monotonic() + within
-    pending = [st for st in subs if expected and (not st.seqs or st.seqs[-1] < last)]
+    pending = [st for st in subs if last_of(st) and (not st.seqs or st.seqs[-1] < last_of(st))]
     while pending and time.monotonic() < deadline:
         await asyncio.sleep(0.01)
         pending = [
             st for st in pending
-            if (not st.seqs or st.seqs[-1] < last) and not st.conn.closed.is_set()
+            if (not st.seqs or st.seqs[-1] < last_of(st)) and not st.conn.closed.is_set()
         ]
-    want = array.array("q", expected)
     failures: list[str] = []
     complete = closed = 0
     for i, st in enumerate(subs):
+        want = wants[st.mine]
         got = st.seqs
         if got == want:
             complete += 1
