@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from playwright.async_api import expect
 
-from .helpers import client, server_log_guard  # noqa: F401  (autouse fixture)
+from .helpers import client, server_log_guard, wait_for  # noqa: F401  (autouse fixture)
 from .support import Daemon
 from .test_web import Browsers, Person, launch_browsers, wait_states
 from .test_web_admin import LNA_OFF, assert_clean, person
@@ -206,9 +206,30 @@ async def test_unread_badges_agree_across_two_tabs(daemon: Daemon, browsers: Bro
                 (ch,) = [c for c in boot["channels"] if c["id"] == team]
                 return bool(ch["read_seq"] >= four["seq"] and ch["unread"] == 0)
 
-            from .helpers import wait_for
             await wait_for(read_up_to_four, within=30, interval=0.1, what="team read")
         await expect(badge(tab_b, "team")).to_be_hidden()
+        # A burst read while shown costs a few read.updated, not one per message:
+        # every mark_read that moves is a committed event.
+        async with client(daemon.url, "alice") as watch:
+            await watch.ok("subscribe")
+            last = 0
+            for i in range(12):
+                last = (await bob.ok("send", channel=team, body=f"burst {i}"))["message"]["seq"]
+            await expect(tab_a.message("burst 11")).to_have_count(1)
+
+            def reads() -> list[dict[str, Any]]:
+                return [e for e in watch.events if e["kind"] == "read.updated"]
+
+            async def read_to_the_end() -> bool:
+                while True:
+                    try:
+                        await watch.recv(0.05)
+                    except TimeoutError:
+                        break
+                return any(e["read_seq"] >= last for e in reads())
+
+            await wait_for(read_to_the_end, within=30, interval=0.1, what="burst read")
+            assert len(reads()) <= 4, [e["read_seq"] for e in reads()]
         await tab_b.page.reload()
         await tab_b.expect_state("connected")
         await expect(tab_b.channel("team")).to_have_count(1)

@@ -1763,6 +1763,11 @@ function applyRead(id, readSeq, unread, atSeq) {
   renderChannels();
 }
 
+// Every mark_read that moves is a committed event: in a busy channel watched by
+// many pages, one per message per page would multiply the server's writes. So a
+// page marks a channel at most every MARK_READ_MS, and once more at the end.
+const MARK_READ_MS = 1500;
+
 function markSeen() {
   const view = app.view;
   if (!view || !view.loaded || !isViewing(view.channel.id)) return;
@@ -1770,6 +1775,17 @@ function markSeen() {
   const s = app.unread.get(id);
   const newest = Number(els.messages.lastElementChild?.dataset.seq) || 0;
   if (!s || unreadCount(id) === 0 || newest <= s.readSeq || newest <= s.asked) return;
+  const wait = (s.markedAt || 0) + MARK_READ_MS - Date.now();
+  if (wait > 0) {
+    if (!s.markTimer) {
+      s.markTimer = setTimeout(() => {
+        s.markTimer = null;
+        markSeen();
+      }, wait);
+    }
+    return;
+  }
+  s.markedAt = Date.now();
   s.asked = newest;
   session.conn.request("mark_read", { channel: id, seq: newest })
     .then((ok) => applyRead(id, ok.read_seq, ok.unread, null))
