@@ -65,13 +65,11 @@ from .sqlrows import (
     SEARCH_CHANNEL,
     SEARCH_COLUMNS,
     SEARCH_VISIBLE,
-    USER_EVENTS,
     RowStatements,
     SnapshotStatements,
 )
 from .storage import (
     AccountRow,
-    EventRow,
     InviteRow,
     MessageRow,
     NonceRow,
@@ -793,20 +791,9 @@ class _PgSnapshot(SnapshotStatements):
             (channel_id, before, limit),
         )
 
-    async def events(
-        self, after: int, upto: int, channels: frozenset[str] | None, limit: int,
-        user_id: str | None = None,
-    ) -> list[EventRow]:
-        sql = ("SELECT seq, frame, channel_id, restricted, only_user FROM events"
-               " WHERE seq > ? AND seq <= ?")
-        args: tuple[Any, ...] = (after, upto)
-        if channels is not None:
-            sql += " AND channel_id = ANY(?)"
-            args += ([c for c in channels if "\x00" not in c],)
-        if user_id is not None:
-            sql += USER_EVENTS
-            args += (user_id, user_id)
-        return await self._rows(sql + " ORDER BY seq LIMIT ?", (*args, limit))
+    @staticmethod
+    def _in_channels(channels: frozenset[str]) -> tuple[str, Any]:
+        return "= ANY(?)", [c for c in channels if "\x00" not in c]
 
     async def messages_after(self, channel_id: str, after: int, limit: int) -> list[MessageRow]:
         return await self._messages(

@@ -46,13 +46,11 @@ from .sqlrows import (
     SEARCH_CHANNEL,
     SEARCH_COLUMNS,
     SEARCH_VISIBLE,
-    USER_EVENTS,
     RowStatements,
     SnapshotStatements,
 )
 from .storage import (
     AccountRow,
-    EventRow,
     InviteRow,
     MessageRow,
     NonceRow,
@@ -443,20 +441,9 @@ class _SqliteSnapshot(SnapshotStatements):
             (channel_id, before, limit),
         )
 
-    async def events(
-        self, after: int, upto: int, channels: frozenset[str] | None, limit: int,
-        user_id: str | None = None,
-    ) -> list[EventRow]:
-        sql = ("SELECT seq, frame, channel_id, restricted, only_user FROM events"
-               " WHERE seq > ? AND seq <= ?")
-        args: tuple[Any, ...] = (after, upto)
-        if channels is not None:
-            sql += " AND channel_id IN (SELECT value FROM json_each(?))"
-            args += (msgspec.json.encode(sorted(channels)).decode(),)
-        if user_id is not None:
-            sql += USER_EVENTS
-            args += (user_id, user_id)
-        return await self._rows(sql + " ORDER BY seq LIMIT ?", (*args, limit))
+    @staticmethod
+    def _in_channels(channels: frozenset[str]) -> tuple[str, Any]:
+        return "IN (SELECT value FROM json_each(?))", msgspec.json.encode(sorted(channels)).decode()
 
     async def messages_after(self, channel_id: str, after: int, limit: int) -> list[MessageRow]:
         return await self._rows(

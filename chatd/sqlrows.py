@@ -15,6 +15,7 @@ from .storage import (
     AccountRow,
     BootChannelRow,
     ChannelRow,
+    EventRow,
     IntervalRow,
     MessageInfo,
     MessageKey,
@@ -327,6 +328,27 @@ class SnapshotStatements:
 
     async def _rows(self, sql: str, args: tuple[Any, ...] = ()) -> list[Any]:
         raise NotImplementedError
+
+    @staticmethod
+    def _in_channels(channels: frozenset[str]) -> tuple[str, Any]:
+        """The backend's ``channel_id`` condition for a set of ids, and its argument."""
+        raise NotImplementedError
+
+    async def events(
+        self, after: int, upto: int, channels: frozenset[str] | None, limit: int,
+        user_id: str | None = None,
+    ) -> list[EventRow]:
+        sql = ("SELECT seq, frame, channel_id, restricted, only_user FROM events"
+               " WHERE seq > ? AND seq <= ?")
+        args: tuple[Any, ...] = (after, upto)
+        if channels is not None:
+            clause, arg = self._in_channels(channels)
+            sql += " AND channel_id " + clause
+            args += (arg,)
+        if user_id is not None:
+            sql += USER_EVENTS
+            args += (user_id, user_id)
+        return await self._rows(sql + " ORDER BY seq LIMIT ?", (*args, limit))
 
     async def channels(self) -> list[ChannelRow]:
         """Every channel, oldest first (the operator's export)."""
