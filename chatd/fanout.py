@@ -227,12 +227,8 @@ class Hub:
     def unsubscribe(self, sub: Subscription) -> None:
         if sub.closed:
             return
-        if sub.ephemeral and sub.user_id is not None:
-            subs = self._ephemeral.get(sub.user_id)
-            if subs is not None:
-                subs.pop(sub, None)
-                if not subs:
-                    del self._ephemeral[sub.user_id]
+        if sub.ephemeral:
+            _unindex(self._ephemeral, sub)
         self._leave_live(sub)
         self._set_lagging(sub, False)
         self.subscribers -= 1
@@ -253,12 +249,7 @@ class Hub:
     def _leave_live(self, sub: Subscription) -> None:
         self._live.pop(sub, None)
         sub.live = False
-        user_id = sub.user_id
-        mine = None if user_id is None else self._by_user.get(user_id)
-        if mine is not None and user_id is not None:
-            mine.pop(sub, None)
-            if not mine:
-                del self._by_user[user_id]
+        _unindex(self._by_user, sub)
 
     def _set_lagging(self, sub: Subscription, lagging: bool) -> None:
         if sub.lagging != lagging:
@@ -275,19 +266,17 @@ class Hub:
         # The users some event of the batch is restricted to; everyone else gets
         # the batch's public events, the same bytes for all.
         named: set[str] = set()
-        public = True
+        any_public = False
         for e in events:
-            if e.audience is not None:
+            if e.audience is None:
+                any_public = True
+            else:
                 named.update(e.audience)
-                public = False
-        subs: Iterable[Subscription]
-        if public:
-            subs = self._live
-        elif all(e.audience is not None for e in events):
-            # Only the named users can receive anything: never walk the others.
-            subs = [s for u in named for s in self._by_user.get(u, ())]
-        else:
-            subs = self._live
+        # Without a public event only the named users can receive anything:
+        # never walk the others.
+        subs: Iterable[Subscription] = (
+            self._live if any_public
+            else [s for u in named for s in self._by_user.get(u, ())])
         shared: bytes | None = None
         limit = self.buffer_limit
         lagging: list[Subscription] = []
@@ -380,3 +369,14 @@ class Hub:
             sub.sink.write(frames[0] if len(frames) == 1 else b"".join(frames))
             written += len(frames)
         self.ephemeral_frames += written
+
+
+def _unindex(index: dict[str, dict[Subscription, None]], sub: Subscription) -> None:
+    """Take ``sub`` out of a by-user index, and its user once it has none left."""
+    if sub.user_id is None:
+        return
+    subs = index.get(sub.user_id)
+    if subs is not None:
+        subs.pop(sub, None)
+        if not subs:
+            del index[sub.user_id]

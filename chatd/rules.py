@@ -417,23 +417,24 @@ class Rules:
         self._channels[channel.id] = _Chan(plain, me.id, members)
         return DmOpened(channel, True)
 
-    def _member_target(self, c: _Commit, chan: _Chan, user_id: str, what: str) -> wire.User:
+    def _member_target(self, c: _Commit, chan: _Chan, user_id: str, what: str
+                       ) -> tuple[wire.User, bool]:
+        """The user an add_member or remove_member names, and whether it is active."""
         if chan.channel.kind != "private":
             raise BadRequest(f"channel: {what} works on private channels only, not on"
                              f" a {chan.channel.kind} channel")
         row = c.tx.user(user_id)
         if row is None:
             raise NotFound(f"user: no user {user_id!r}")
-        return wire.User(row[0], row[1])
+        return wire.User(row[0], row[1]), bool(row[3])
 
     def _add_member(self, c: _Commit, op: AddMemberOp) -> MemberChanged:
         chan = self._visible(c.tx, op.channel_id, op.user.id)
-        target = self._member_target(c, chan, op.member_id, "add_member")
+        target, active = self._member_target(c, chan, op.member_id, "add_member")
         assert chan.members is not None
         if target.id in chan.members:
             return MemberChanged(chan.channel, target)
-        account = c.tx.user(target.id)
-        if account is None or not account[3]:
+        if not active:
             raise BadRequest(f"user: {target.name!r} is deactivated")
         members = chan.members | {target.id}
         seq = c.emit("member.added", chan.channel, members, user=target, by=op.user)
@@ -443,7 +444,7 @@ class Rules:
 
     def _remove_member(self, c: _Commit, op: RemoveMemberOp) -> MemberChanged:
         chan = self._visible(c.tx, op.channel_id, op.user.id)
-        target = self._member_target(c, chan, op.member_id, "remove_member")
+        target, _ = self._member_target(c, chan, op.member_id, "remove_member")
         assert chan.members is not None
         if target.id not in chan.members:
             raise NotFound(f"user: {target.name!r} is not a member of this channel")

@@ -138,11 +138,6 @@ class Store:
         async with self.backend.snapshot() as snap:
             return await rules.members(snap, channel_id, user_id)
 
-    async def visible_channel(self, channel_id: str, user_id: str) -> wire.Channel:
-        """The channel if the user can see it; not_found otherwise."""
-        async with self.backend.reader() as snap:
-            return await rules.visible_channel(snap, channel_id, user_id)
-
     async def search(
         self, user_id: str, query: str, channel_id: str | None, before: int | None, limit: int
     ) -> tuple[list[wire.SearchHit], bool]:
