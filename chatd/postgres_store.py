@@ -732,7 +732,7 @@ class _PgSnapshot(SnapshotStatements):
     async def _row(self, sql: str, args: tuple[Any, ...]) -> Any:
         if _matches_nothing(args):
             return None
-        cur = await self.conn.execute(sql, args)
+        cur = await self.conn.execute(_placeholders(sql), args)
         return await cur.fetchone()
 
     async def counter(self) -> tuple[int, int]:
@@ -811,7 +811,7 @@ class _PgSnapshot(SnapshotStatements):
         few matches (so the words are rare), the older messages through the GIN
         index."""
         if channel_id is not None:
-            if await self._row(_placeholders(SEARCH_CHANNEL), (channel_id, user_id)) is None:
+            if await self._row(SEARCH_CHANNEL, (channel_id, user_id)) is None:
                 return None
         ts = tsquery(query)
         in_channel = "" if channel_id is None else " AND m.channel_id = ?"
@@ -820,7 +820,7 @@ class _PgSnapshot(SnapshotStatements):
         last, _ = await self.counter()
         before = min(before, last + 1)
         start = max(0, before - _SEARCH_WINDOW)
-        rows = await self._rows(_placeholders(
+        rows = await self._rows((
             f"SELECT {SEARCH_COLUMNS} FROM messages m JOIN channels c ON c.id = m.channel_id"
             f" WHERE m.seq < ? AND m.seq >= ? AND m.words @@ ?::tsquery{in_channel}"
             f" AND {SEARCH_VISIBLE} ORDER BY m.seq DESC LIMIT ?"),
@@ -828,7 +828,7 @@ class _PgSnapshot(SnapshotStatements):
         if len(rows) < limit and start > 0:
             # MATERIALIZED: the matches are found through the index, all of them
             # (few: the window had fewer than the limit), then sorted.
-            rows += await self._rows(_placeholders(
+            rows += await self._rows((
                 "WITH hits AS MATERIALIZED (SELECT m.seq FROM messages m"
                 f" WHERE m.seq < ? AND m.words @@ ?::tsquery{in_channel})"
                 f" SELECT {SEARCH_COLUMNS} FROM hits h JOIN messages m ON m.seq = h.seq"
