@@ -1,4 +1,4 @@
--- chatd schema, version 5: a new database. The store applies this file to a new
+-- chatd schema, version 6: a new database. The store applies this file to a new
 -- database and records the version in meta('schema_version'); a database made
 -- at an older version is brought here by chatd/migrations.py (version 1 is
 -- chatd 0.1.0's schema). A change here needs a migration there.
@@ -38,7 +38,10 @@ CREATE TABLE channels (
     name_key    TEXT NOT NULL UNIQUE,
     creator_id  TEXT NOT NULL,
     created_seq INTEGER NOT NULL,
-    active_ms   INTEGER NOT NULL,         -- creation, then the time of its newest message
+    -- creation, then the time of a newer message: a send stores its time only
+    -- when this is a minute older (chatd.rules.TOUCH_EVERY_MS), a delete stores
+    -- its message's; idle expiry also reads the newest message still there
+    active_ms   INTEGER NOT NULL,
     -- version 4: public, private or dm. A dm's name_key is 'DM:' and its two
     -- member ids in order: one per pair, and never equal to a casefolded name.
     kind        TEXT NOT NULL DEFAULT 'public' CHECK (kind IN ('public', 'private', 'dm'))
@@ -62,7 +65,9 @@ CREATE TABLE messages (
 -- version 4: with sender_id, so unread counts (all messages after the read
 -- position, less the user's own) are two scans of this index and nothing else
 CREATE INDEX messages_channel ON messages(channel_id, seq, sender_id);
-CREATE INDEX messages_at ON messages(at_ms);
+-- No index on at_ms (version 6): message expiry reads the oldest messages by
+-- seq, along which times never go backwards (chatd.rules), and stops at the
+-- first one young enough. One b-tree less for every send to write.
 
 -- The search index (version 5): FTS5 over messages.words (external content, so
 -- the words are stored once), rowid = the message's seq. The store writes it in
@@ -94,9 +99,10 @@ CREATE TABLE events (
     at_ms      INTEGER NOT NULL,
     channel_id TEXT NOT NULL,
     frame      BLOB NOT NULL,
-    -- version 3: the message whose body the frame carries (message.sent and
-    -- message.edited; NULL for every other event): an edit rewrites these frames,
-    -- a delete drops them
+    -- version 3: the message whose body the frame carries (message.edited; NULL
+    -- for every other event; a message.sent has the message's own seq, and
+    -- one stored before version 6 has its id here too): an edit rewrites these
+    -- frames, a delete drops them
     message_id TEXT,
     -- version 4: who may receive it (PROTOCOL.md "Who sees what"): restricted = 1
     -- for an event of a private or dm channel (members at its seq, see members);

@@ -101,7 +101,7 @@ def index_size(path: str) -> dict[str, Any]:
         total = conn.execute("SELECT sum(pgsize) FROM dbstat").fetchone()[0]
         messages = conn.execute(
             "SELECT sum(pgsize) FROM dbstat WHERE name IN ('messages', 'messages_channel',"
-            " 'messages_at', 'sqlite_autoindex_messages_1')").fetchone()[0]
+            " 'sqlite_autoindex_messages_1')").fetchone()[0]
     finally:
         conn.close()
     mib = 1 << 20

@@ -149,6 +149,11 @@ class Config:
     max_inflight: int = no_flag(64)
     #: state changes committed in one transaction at most (group commit).
     max_commit_batch: int = no_flag(512)
+    inline_commit: bool = flag(
+        True, "bool", "with sqlite, commit a lone state change on the event loop's thread "
+        "when the writer is idle (no hand-off to the writer thread and back; the loop waits "
+        "for that one fsync); --no-inline-commit always uses the writer thread, for disks "
+        "whose fsync takes milliseconds")
     #: consecutive bad_request frames before the server closes with 1008.
     max_bad_frames: int = no_flag(20)
 

@@ -37,7 +37,7 @@ from . import search
 from .exceptions import StartupError
 
 #: The schema version of a new database; the version this code reads and writes.
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
 #: The ``migrations.name`` of the row a new database is created with.
 CREATED = "new database"
@@ -239,6 +239,12 @@ MIGRATIONS: dict[int, Migration] = {
             backfill=_v5_backfill,
             sqlite_after=_V5_SQLITE_AFTER,
             postgres_after=_V5_POSTGRES_AFTER,
+        ),
+        Migration(
+            6,
+            "fewer pages per send: no index on messages.at_ms (expiry reads by seq)",
+            "DROP INDEX IF EXISTS messages_at",
+            "DROP INDEX IF EXISTS messages_at",
         ),
     ]
 }

@@ -330,6 +330,11 @@ class _PgTx(SendBuffer, RowStatements):
         seqs, ids = [s for _, s in rows], [i for i, _ in rows]
         with self.conn.pipeline():
             self._queue_buffers()
+            # The channel had a message then, even if it is gone now (idle_channels).
+            self._queue(
+                "UPDATE channels c SET active_ms = GREATEST(c.active_ms, m.at_ms) FROM"
+                " (SELECT channel_id, max(at_ms) AS at_ms FROM messages WHERE seq = ANY(%s)"
+                " GROUP BY channel_id) m WHERE c.id = m.channel_id", (seqs,))
             self._queue("DELETE FROM messages WHERE seq = ANY(%s)", (seqs,))
             self._queue("DELETE FROM events WHERE seq = ANY(%s) OR message_id = ANY(%s)",
                         (seqs, ids))
@@ -375,6 +380,7 @@ class PostgresBackend:
 
     #: several nodes may commit events to one database.
     shared = True
+    commits_inline = False
 
     def __init__(self, url: str, *, readers: int = 3, connect_timeout: int = 10) -> None:
         scheme, sep, rest = url.partition("://")

@@ -89,6 +89,12 @@ log = logging.getLogger("chatd.rules")
 #: stored frames are decoded only to rewrite them (an edit)
 _event_decoder = msgspec.json.Decoder(wire.Event)
 
+#: a send moves its channel's stored activity time (channels.active_ms) only
+#: when that is at least this much older. Each move costs the send's commit two
+#: more pages (the row and its index); expiry finds a channel's true last message
+#: by itself (WriteTx.idle_channels), so the stored time only narrows its search.
+TOUCH_EVERY_MS = 60_000
+
 
 class _Commit:
     """The rules' state of one transaction: the seq so far, the time, the events."""
@@ -124,8 +130,9 @@ class _Commit:
 
         ``audience``: who may receive it (None: everyone; see
         :mod:`chatd.visibility`); ``carries``: the id of the message whose body
-        it carries (message.sent, message.edited); ``read``: (read_seq, unread)
-        of a read.updated, an account event for ``audience``'s one user.
+        it carries (message.edited; a message.sent is found by its seq);
+        ``read``: (read_seq, unread) of a read.updated, an account event for
+        ``audience``'s one user.
         """
         self.seq += 1
         event = wire.Event(self.seq, self.at, kind, channel, sender, message, user, by)
@@ -192,10 +199,14 @@ class Rules:
         self._last_at = 0
         #: the counter value the caches were read at; -1: read them again.
         self._valid_at = -1
+        #: channel id -> the activity time this process last stored for it; if
+        #: stale, a send just stores again (see TOUCH_EVERY_MS).
+        self._touched: dict[str, int] = {}
 
     def forget(self) -> None:
         """Drop the caches (after a failed transaction, or to be safe)."""
         self._channels.clear()
+        self._touched.clear()
         self._valid_at = -1
 
     def apply(
@@ -484,6 +495,7 @@ class Rules:
             raise Forbidden("channel: only its creator or an admin may delete it")
         c.delete_channel(chan)
         self._channels.pop(chan.channel.id, None)
+        self._touched.pop(chan.channel.id, None)
         return chan.channel
 
     def _send(self, c: _Commit, op: SendOp) -> Sent:
@@ -505,13 +517,17 @@ class Rules:
         channel = chan.channel
         # The event about to be emitted gets c.seq + 1.
         message_id = new_ordered_id("M", c.seq + 1, self._rng)
+        # Not marked as carrying the body: a message's message.sent is found by
+        # its seq (the message's own), which spares every send an index entry.
         seq = c.emit(
             "message.sent", channel, chan.members, sender=op.user,
-            message=wire.EventMessage(message_id, op.body), carries=message_id,
+            message=wire.EventMessage(message_id, op.body),
         )
         c.tx.insert_message(seq, message_id, channel.id, op.user.id, op.user.name, c.at_ms,
                             op.body)
-        c.tx.touch_channel(channel.id, c.at_ms)
+        if c.at_ms - self._touched.get(channel.id, -TOUCH_EVERY_MS) >= TOUCH_EVERY_MS:
+            c.tx.touch_channel(channel.id, c.at_ms)
+            self._touched[channel.id] = c.at_ms
         sent = Sent(wire.Message(message_id, seq, c.at, op.user, op.body), channel)
         if op.nonce is not None:
             c.tx.insert_nonce(op.user.id, op.nonce, message_id, seq, c.at_ms, channel.id,
@@ -534,7 +550,7 @@ class Rules:
         channel = chan.channel
         tx.edit_message(seq, op.body, c.at_ms)
         latest = wire.EventMessage(op.message_id, op.body, c.at)
-        for event_seq, frame in tx.message_events(op.message_id):
+        for event_seq, frame in tx.message_events(seq, op.message_id):
             event = _event_decoder.decode(frame)
             event.message = latest
             tx.set_event_frame(event_seq, self._encoder.encode(event))
@@ -568,6 +584,7 @@ class Rules:
             for channel_id, _ in tx.idle_channels(op.channel_idle_before_ms, budget):
                 dropped = c.delete_channel(self._channel(tx, channel_id))
                 self._channels.pop(channel_id, None)
+                self._touched.pop(channel_id, None)
                 messages += dropped
                 channels += 1
                 budget -= 1 + dropped

@@ -1,4 +1,4 @@
--- chatd schema for PostgreSQL, version 5: the tables of schema.sql (the sqlite
+-- chatd schema for PostgreSQL, version 6: the tables of schema.sql (the sqlite
 -- schema) with PostgreSQL types. chatd.postgres_store applies this file to a new
 -- database in one transaction and records the version in meta('schema_version');
 -- an older database is brought here by chatd/migrations.py (a change here needs
@@ -75,7 +75,9 @@ CREATE TABLE messages (
 -- version 4: with sender_id, so unread counts (all messages after the read
 -- position, less the user's own) are two scans of this index and nothing else
 CREATE INDEX messages_channel ON messages(channel_id, seq, sender_id);
-CREATE INDEX messages_at ON messages(at_ms);
+-- No index on at_ms (version 6): message expiry reads the oldest messages by
+-- seq, along which times never go backwards (chatd.rules), and stops at the
+-- first one young enough. One b-tree less for every send to write.
 CREATE INDEX messages_words ON messages USING gin (words);
 
 -- The retained event log. `frame` is the event's wire frame, encoded once when

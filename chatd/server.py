@@ -100,6 +100,7 @@ class App:
             max_batch=self.config.max_commit_batch,
             clock=self.clock,
             on_batch=self.metrics.batch,
+            inline=self.config.inline_commit,
         )
         self.metrics.bind(
             subscribers=lambda: self.hub.subscribers,

@@ -188,6 +188,10 @@ class _SqliteTx(SendBuffer, RowStatements):
 
     def delete_messages(self, rows: list[tuple[str, int]]) -> None:
         self._flush()
+        # The channel had a message then, even if it is gone now (idle_channels).
+        self.conn.executemany(
+            "UPDATE channels SET active_ms = max(active_ms, m.at_ms) FROM messages m"
+            " WHERE m.seq = ? AND channels.id = m.channel_id", [(s,) for _, s in rows])
         self.conn.executemany(MESSAGE_WORDS_DELETE, [(s,) for _, s in rows])
         self.conn.executemany("DELETE FROM messages WHERE seq = ?", [(s,) for _, s in rows])
         # By seq too: the message.sent event of a message from before events
@@ -228,6 +232,7 @@ class SqliteBackend:
 
     #: one daemon per file: its own commits are the whole stream.
     shared = False
+    commits_inline = True
 
     def __init__(self, path: str, *, readers: int = 3) -> None:
         self.path = path

@@ -243,9 +243,10 @@ class RowStatements:
         )
         return row
 
-    def message_events(self, message_id: str) -> list[tuple[int, bytes]]:
+    def message_events(self, seq: int, message_id: str) -> list[tuple[int, bytes]]:
         return [(seq, bytes(frame)) for seq, frame in self._all(
-            "SELECT seq, frame FROM events WHERE message_id = ? ORDER BY seq", (message_id,))]
+            "SELECT seq, frame FROM events WHERE seq = ? OR message_id = ? ORDER BY seq",
+            (seq, message_id))]
 
     def set_event_frame(self, seq: int, frame: bytes) -> None:
         self._run("UPDATE events SET frame = ? WHERE seq = ?", (frame, seq))
@@ -256,17 +257,31 @@ class RowStatements:
         )
 
     def messages_before(self, at_ms: int, limit: int) -> list[tuple[str, int, str, str]]:
-        return self._all(
-            "SELECT m.id, m.seq, m.channel_id, c.name FROM messages m"
-            " JOIN channels c ON c.id = m.channel_id"
-            " WHERE m.at_ms < ? ORDER BY m.seq LIMIT ?",
-            (at_ms, limit),
+        # The oldest by seq, up to the first that is not old enough: times never
+        # go backwards along the sequence (rules), so no index on at_ms is needed
+        # (a send writes one b-tree less). Should a clock step back have left an
+        # older time after a newer one, that message waits for the newer one.
+        rows = self._all(
+            "SELECT m.id, m.seq, m.channel_id, c.name, m.at_ms FROM messages m"
+            " JOIN channels c ON c.id = m.channel_id ORDER BY m.seq LIMIT ?",
+            (limit,),
         )
+        old = []
+        for message_id, seq, channel_id, name, message_at in rows:
+            if message_at >= at_ms:
+                break
+            old.append((message_id, seq, channel_id, name))
+        return old
 
     def idle_channels(self, active_before_ms: int, limit: int) -> list[tuple[str, str]]:
+        # A send stores the activity time only now and then (rules.TOUCH_EVERY_MS),
+        # a delete stores its message's: the last message is the stored time or
+        # the newest message still there, whichever is later.
         return self._all(
-            "SELECT id, name FROM channels WHERE active_ms < ? ORDER BY active_ms LIMIT ?",
-            (active_before_ms, limit),
+            "SELECT c.id, c.name FROM channels c WHERE c.active_ms < ? AND COALESCE(("
+            "SELECT m.at_ms FROM messages m WHERE m.channel_id = c.id"
+            " ORDER BY m.seq DESC LIMIT 1), 0) < ? ORDER BY c.active_ms LIMIT ?",
+            (active_before_ms, active_before_ms, limit),
         )
 
     def oldest_events(self, limit: int) -> list[tuple[int, int]]:

@@ -201,7 +201,8 @@ class WriteTx(Protocol):
         ...
 
     def touch_channel(self, channel_id: str, at_ms: int) -> None:
-        """Record a new message in the channel at ``at_ms`` (for idle expiry)."""
+        """Record a new message in the channel at ``at_ms`` (for idle expiry; the
+        rules call it only now and then, see :meth:`idle_channels`)."""
         ...
 
     # -- messages and the event log
@@ -231,13 +232,15 @@ class WriteTx(Protocol):
         self, seq: int, at_ms: int, channel_id: str, frame: bytes, message_id: str | None,
         restricted: bool = False, only_user: str | None = None,
     ) -> None:
-        """Store an event; ``message_id`` for an event that carries a message's body;
+        """Store an event; ``message_id`` for a message.edited (the event that
+        carries a message's body besides its message.sent, which has its seq);
         ``restricted`` for an event of a private or dm channel; ``only_user`` for an
         account event."""
         ...
 
-    def message_events(self, message_id: str) -> list[tuple[int, bytes]]:
-        """(seq, frame) of the retained events that carry this message's body."""
+    def message_events(self, seq: int, message_id: str) -> list[tuple[int, bytes]]:
+        """(seq, frame) of the retained events that carry the body of this message
+        (its seq and id): its message.sent and every message.edited."""
         ...
 
     def set_event_frame(self, seq: int, frame: bytes) -> None: ...
@@ -262,11 +265,14 @@ class WriteTx(Protocol):
 
     # -- expiry
     def messages_before(self, at_ms: int, limit: int) -> list[tuple[str, int, str, str]]:
-        """(id, seq, channel_id, channel_name) of the oldest messages sent before at_ms."""
+        """(id, seq, channel_id, channel_name) of the oldest messages sent before at_ms:
+        at most ``limit`` by seq, up to the first that is younger."""
         ...
 
     def idle_channels(self, active_before_ms: int, limit: int) -> list[tuple[str, str]]:
-        """(id, name) of channels with no message since active_before_ms, least active first."""
+        """(id, name) of channels with no message since active_before_ms, least active
+        first: neither the stored activity time (touch_channel, and a deleted
+        message's time) nor the newest message still there is that recent."""
         ...
 
     def oldest_events(self, limit: int) -> list[tuple[int, int]]:
@@ -375,6 +381,9 @@ class Backend(Protocol):
     #: other processes may commit events to this database (several nodes): the
     #: daemon's fanout must then tail the events table (chatd.feed.TailFeed).
     shared: bool
+    #: a write transaction is cheap enough to run on the event loop's thread
+    #: when the writer is idle (chatd.writer: inline): no network round trips.
+    commits_inline: bool
     #: what :meth:`open` did to the schema: created a new database, and the
     #: migrations (:mod:`chatd.migrations`) it applied, in order.
     created: bool

@@ -58,6 +58,10 @@ class Store:
         self.rules = rules.Rules()
 
     @property
+    def commits_inline(self) -> bool:
+        return self.backend.commits_inline
+
+    @property
     def epoch(self) -> str:
         return self.backend.epoch
 

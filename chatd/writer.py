@@ -12,6 +12,16 @@ While a commit is in flight new submissions queue up; they form the next batch.
 So under load batches grow by themselves and at low load a lone send commits at
 once, with no timer.
 
+A lone operation at low load is committed on the event loop's own thread
+instead (``inline``, sqlite only): when the writer is idle and, once every
+command already read in this round of the event loop has been submitted, only
+that one is pending, handing it to the writing thread and its result back would
+cost two thread switches, which on one core are a good part of a lone send's
+ack. The trade-off: the event loop waits for that commit's fsync, which is why
+it is done only for a batch of one, and never while a batch is on the writing
+thread (the next batch forms there, as under load). A backend whose commit is a
+network round trip (PostgreSQL) never commits inline.
+
 Why the loop runs on the writing thread and not as a task: a task would take
 each next batch only when the event loop got round to it, after the previous
 batch's replies; under load the writer then sat idle for about as long as it
@@ -49,6 +59,7 @@ class Writer:
         max_pending: int = 20_000,
         clock: Callable[[], float] = time.time,
         on_batch: Callable[[int, float], None] | None = None,
+        inline: bool = True,
     ) -> None:
         self._store = store
         self._feed = feed
@@ -64,6 +75,9 @@ class Writer:
         self._task: asyncio.Task[None] | None = None
         self._closing = False
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._inline = inline and store.commits_inline
+        #: a decision between inline and the writing thread is scheduled.
+        self._kicked = False
 
     def start(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -83,6 +97,15 @@ class Writer:
             # Storage cannot keep up: refuse rather than queue without bound.
             raise Unavailable("the server is overloaded; retry shortly")
         fut: asyncio.Future[Any] = loop.create_future()
+        if self._inline:
+            with self._lock:
+                self._pending.append((op, fut))
+                kick = not self._draining and not self._kicked
+                self._kicked = self._kicked or kick
+            if kick:
+                # Decide after the commands read in this round have been submitted.
+                loop.call_soon(self._kick)
+            return await fut
         with self._lock:
             self._pending.append((op, fut))
             idle = not self._draining
@@ -91,13 +114,62 @@ class Writer:
             self._task = loop.create_task(self._run_job())
         return await fut
 
+    def _kick(self) -> None:
+        """Commit a lone pending operation here, or start the writing thread."""
+        loop = self._loop
+        assert loop is not None
+        with self._lock:
+            self._kicked = False
+            if self._draining or not self._pending:
+                return
+            self._draining = True
+            # The writing thread's last batch is already published: it queued its
+            # _done (call_soon_threadsafe) before it let go of _draining, and
+            # this _kick was queued after that; the loop runs callbacks in the
+            # order they were queued. So an inline commit never overtakes it.
+            lone = len(self._pending) == 1 and not self._closing
+            if lone:
+                batch, self._pending = self._pending, []
+        if not lone:
+            self._task = loop.create_task(self._run_job())
+            return
+        started = time.perf_counter()
+        try:
+            # Nothing is submitted meanwhile: the loop is busy here.
+            outcome = self._commit(batch)
+        finally:
+            with self._lock:
+                self._draining = False
+        if outcome is None or isinstance(outcome, Unavailable):
+            self._failed(batch, outcome)
+        else:
+            self._done(batch, *outcome, time.perf_counter() - started)
+
+    def _commit(
+        self, batch: _Pending
+    ) -> tuple[list[Result], list[Published]] | Unavailable | None:
+        """Apply one batch in one transaction: its results and events, or the
+        Unavailable it raised, or None for any other failure (logged)."""
+        try:
+            return self._store.apply_here([op for op, _ in batch], int(self._clock() * 1000))
+        except Unavailable as exc:
+            log.warning("commit of %d operations failed: %s", len(batch), exc.message)
+            return exc
+        except Exception:
+            log.exception("commit of %d operations failed", len(batch))
+            return None
+
     async def close(self) -> None:
         """Refuse new operations, commit the pending ones, stop."""
         self._closing = True
         # The newest job's task ends after every batch's _done has run: the
         # executor's result reaches the loop through the same queue, after them.
-        if self._task is not None:
-            await asyncio.shield(self._task)
+        # A scheduled _kick may still start one (it commits nothing inline now).
+        while self._kicked or (self._task is not None and not self._task.done()):
+            if self._task is not None and not self._task.done():
+                await asyncio.shield(self._task)
+            else:
+                await asyncio.sleep(0)
 
     async def _run_job(self) -> None:
         try:
@@ -121,20 +193,12 @@ class Writer:
                 batch = self._pending[: self._max_batch]
                 del self._pending[: self._max_batch]
             started = time.perf_counter()
-            try:
-                results, events = self._store.apply_here(
-                    [op for op, _ in batch], int(self._clock() * 1000)
-                )
-            except Unavailable as exc:
-                log.warning("commit of %d operations failed: %s", len(batch), exc.message)
-                loop.call_soon_threadsafe(self._failed, batch, exc)
-                continue
-            except Exception:
-                log.exception("commit of %d operations failed", len(batch))
-                loop.call_soon_threadsafe(self._failed, batch)
+            outcome = self._commit(batch)
+            if outcome is None or isinstance(outcome, Unavailable):
+                loop.call_soon_threadsafe(self._failed, batch, outcome)
                 continue
             loop.call_soon_threadsafe(
-                self._done, batch, results, events, time.perf_counter() - started
+                self._done, batch, *outcome, time.perf_counter() - started
             )
 
     def _done(

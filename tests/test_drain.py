@@ -164,18 +164,22 @@ async def test_drain_under_load(make_daemon, tmp_path, sig):
     signalled = time.monotonic()
     stop = asyncio.ensure_future(d.terminate(sig))
 
+    draining_seen = asyncio.Event()
+
     async def poll() -> None:
         while not stop.done():
-            statuses.append((time.monotonic() - signalled,
-                             await asyncio.to_thread(healthz_status, d.http)))
+            status = await asyncio.to_thread(healthz_status, d.http)
+            statuses.append((time.monotonic() - signalled, status))
+            if status != 200:
+                draining_seen.set()
             await asyncio.sleep(0.02)
+        draining_seen.set()
 
     async def try_connect() -> None:
         # The signal is sent from a thread and handled by the daemon's loop some
         # moments later: a connection opened before that is fairly served. Only
         # try once /healthz shows the daemon knows it is draining.
-        while not stop.done() and not any(s != 200 for _, s in statuses):
-            await asyncio.sleep(0.005)
+        await draining_seen.wait()
         while not stop.done():
             try:
                 async with WS.connect(d.url, open_timeout=2) as ws:

@@ -475,6 +475,30 @@ async def test_expiry_messages_channels_events_and_horizon(opened: OpenStore) ->
     assert again.message.id != early.message.id
 
 
+async def test_idle_channels_count_every_message_also_a_deleted_one(opened: OpenStore) -> None:
+    """A send stores its channel's activity time only now and then (a page less
+    per commit), so idle expiry must find the true last message by itself: the
+    newest one still there, or one deleted since."""
+    store = await opened()
+    me = await alice(store)
+    quiet = await one(store, CreateChannelOp(me, "quiet", "quiet"), 1000)
+    talk = await one(store, CreateChannelOp(me, "talk", "talk"), 1000)
+    await one(store, SendOp(me, talk.id, "first", None), 2000)
+    last = await one(store, SendOp(me, talk.id, "last", None), 30_000)  # a few seconds later
+
+    def idle_before(ms: int) -> ExpireOp:
+        return ExpireOp(0, ms, 0, 0, 0, limit=100)
+
+    _, events = await store.apply([idle_before(20_000)], 40_000)
+    assert [(e.kind, e.channel.id) for e in decoded(events)] == [("channel.deleted", quiet.id)]
+    # The newest message is deleted: it was still a message at 30,000.
+    await one(store, DeleteMessageOp(me, last.message.id), 50_000)
+    _, events = await store.apply([idle_before(25_000)], 60_000)
+    assert events == [], "'talk' had a message at 30,000"
+    _, events = await store.apply([idle_before(31_000)], 70_000)
+    assert [(e.kind, e.channel.id) for e in decoded(events)][-1] == ("channel.deleted", talk.id)
+
+
 async def test_expiry_rounds_are_bounded(opened: OpenStore) -> None:
     store = await opened()
     me = await alice(store)

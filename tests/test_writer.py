@@ -4,6 +4,8 @@ failure, overload, close."""
 from __future__ import annotations
 
 import asyncio
+import random
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -133,3 +135,76 @@ async def test_close_commits_what_is_pending_then_refuses(h: Harness) -> None:
         await h.writer.submit(h.send("late"))
     messages, _ = await h.store.history(h.channel, None, 100, "Uanyone")
     assert len(messages) == 50
+
+
+class ThreadRecordingStore(Store):
+    """The real store, noting for each batch its size and the thread it ran on."""
+
+    def __init__(self, backend: SqliteBackend) -> None:
+        super().__init__(backend)
+        self.runs: list[tuple[int, bool]] = []
+
+    def apply_here(
+        self, ops: list[Op], now_ms: int
+    ) -> tuple[list[Result], list[Published]]:
+        self.runs.append((len(ops), threading.current_thread() is threading.main_thread()))
+        return super().apply_here(ops, now_ms)
+
+
+async def test_a_lone_send_commits_on_the_loop_a_burst_on_the_writer_thread(
+    tmp_path: Path,
+) -> None:
+    store = ThreadRecordingStore(SqliteBackend(str(tmp_path / "i.db")))
+    h = Harness(store)
+    await h.setup()
+    try:
+        store.runs.clear()
+        for i in range(3):
+            await h.writer.submit(h.send(f"lone {i}"))
+        assert store.runs == [(1, True)] * 3, "an idle writer commits a lone send inline"
+        store.runs.clear()
+        await asyncio.gather(*(h.writer.submit(h.send(f"burst {i}")) for i in range(100)))
+        assert all(not on_loop for _, on_loop in store.runs), store.runs
+        assert max(n for n, _ in store.runs) > 1, "a burst still commits in groups"
+    finally:
+        await h.writer.close()
+        await h.store.close()
+
+
+async def test_no_inline_commit_always_uses_the_writer_thread(tmp_path: Path) -> None:
+    store = ThreadRecordingStore(SqliteBackend(str(tmp_path / "t.db")))
+    h = Harness(store, inline=False)
+    await h.setup()
+    try:
+        await h.writer.submit(h.send("lone"))
+        assert store.runs and not any(on_loop for _, on_loop in store.runs)
+    finally:
+        await h.writer.close()
+        await h.store.close()
+
+
+async def test_inline_and_threaded_commits_publish_in_seq_order(tmp_path: Path) -> None:
+    """Bursts (the writer thread) and lone sends (inline) in a random mix: an
+    inline commit must wait until the thread's last batch is published, or its
+    events would overtake that batch's."""
+    store = ThreadRecordingStore(SqliteBackend(str(tmp_path / "m.db")))
+    h = Harness(store)
+    await h.setup()
+    rng = random.Random(15)
+    try:
+        tasks: list[asyncio.Future[Any]] = []
+        for i in range(400):
+            tasks.append(asyncio.ensure_future(h.writer.submit(h.send(f"m{i}"))))
+            pause = rng.random()
+            if pause < 0.5:
+                await asyncio.sleep(0)
+            elif pause < 0.6:
+                await asyncio.sleep(0.0005)
+        results = await asyncio.gather(*tasks)
+        assert h.published == list(range(1, 402)), "published in seq order, no gap"
+        assert sorted(r.message.seq for r in results) == list(range(2, 402))
+        modes = {on_loop for _, on_loop in store.runs}
+        assert modes == {True, False}, "both kinds of commit happened"
+    finally:
+        await h.writer.close()
+        await h.store.close()
