@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
+import os
 import shutil
 import signal
 import sqlite3
@@ -183,7 +184,8 @@ class Bench:
         log(f"profiling the daemon with py-spy into {out}")
         return subprocess.Popen(
             [exe, "record", "--pid", str(d.pid), "--format", "raw", "--rate", "250",
-             "--threads", "--nonblocking", "-o", str(out)],
+             "--threads", "--nonblocking", *os.environ.get("CHATD_PYSPY_ARGS", "").split(),
+             "-o", str(out)],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
 

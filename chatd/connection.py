@@ -13,6 +13,13 @@ and writes through a :class:`~chatd.sink.Sink`, synchronously, so the order in
 which it writes is the order on the wire. What it needs from the daemon is named
 by :class:`Services`; ``tests/unit`` runs sessions over an in-memory sink.
 
+A ``send`` from a logged-in connection, the command that dominates load, takes
+a lighter road than the others: its slot is the writer's future itself
+(:class:`_SendSlot`) and its reply is framed when that slot is written, instead
+of a task per command running :meth:`Session._reply`. Same checks, same replies,
+same metrics; a few microseconds less per send, which at 10,000 sends/s on one
+core is a few per cent.
+
 Backpressure: with ``max_inflight`` commands in flight, or more than
 ``send_buffer_limit`` bytes unsent, the connection stops reading until that
 clears, so a client that never reads its replies cannot make the server buffer
@@ -90,6 +97,17 @@ class _BadRequestFrame(bytes):
     __slots__ = ()
 
 
+class _SendSlot:
+    """A send waiting for its commit: the writer's future and what its reply needs."""
+
+    __slots__ = ("fut", "ref", "started")
+
+    def __init__(self, fut: asyncio.Future[Sent], ref: wire.Ref, started: float) -> None:
+        self.fut = fut
+        self.ref = ref
+        self.started = started
+
+
 class Services(Protocol):
     """What a session needs from the daemon (:class:`chatd.server.App` has it all)."""
 
@@ -136,7 +154,7 @@ class Session:
         self.sub: Subscription | None = None
         # A list, not a deque: at most max_inflight entries, and an idle connection
         # should not carry a deque's 500-byte block.
-        self._slots: list[bytes | asyncio.Task[bytes | None]] = []
+        self._slots: list[bytes | asyncio.Task[bytes | None] | _SendSlot] = []
         self._bad_frames = 0
 
     # ----------------------------------------------------------- the read loop
@@ -153,7 +171,9 @@ class Session:
                     continue
                 if cfg.rate_limits and self._limited(cmd):
                     continue
-                if isinstance(cmd, BARRIERS):
+                if type(cmd) is wire.Send and self.user is not None and not self.app.draining:
+                    self._send_fast(cmd)
+                elif isinstance(cmd, BARRIERS):
                     await self._settle()
                     frame = await self._reply(cmd)
                     self._count_frame(bad=type(frame) is _BadRequestFrame)
@@ -258,9 +278,7 @@ class Session:
                 raise Unauthorized(f"{op}: log in first (login or auth)")
             reply = await _HANDLERS[type(cmd)](self, cmd)
         except ProtocolError as exc:
-            self.app.metrics.command(op, exc.code)
-            frame = wire.encode(wire.Error(cmd.ref, exc.code, exc.message, **exc.details))
-            return _BadRequestFrame(frame) if isinstance(exc, BadRequest) else frame
+            return self._error_frame(op, cmd.ref, exc)
         except Exception:
             log.exception("internal error in %s", op)
             self.app.metrics.command(op, InternalError.code)
@@ -270,10 +288,45 @@ class Session:
             self.app.metrics.send_latency.observe(time.perf_counter() - started)
         return None if reply is None else wire.encode(reply)
 
-    def _head(self) -> asyncio.Task[bytes | None]:
+    def _head(self) -> asyncio.Future[Any]:
         head = self._slots[0]
-        assert isinstance(head, asyncio.Task)
-        return head
+        assert not isinstance(head, bytes)
+        return head.fut if isinstance(head, _SendSlot) else head
+
+    def _send_fast(self, cmd: wire.Send) -> None:
+        """Submit a send; its slot is written by :meth:`_flush` once committed."""
+        started = time.perf_counter()
+        try:
+            channel_id = validate.text("channel", cmd.channel)
+            body = validate.body(cmd.body)
+            nonce = None if cmd.nonce is None else validate.text("nonce", cmd.nonce)
+            fut = self.app.writer.enqueue(SendOp(self._me(), channel_id, body, nonce))
+        except ProtocolError as exc:
+            self._slots.append(self._error_frame("send", cmd.ref, exc))
+            self._flush()
+            return
+        fut.add_done_callback(self._flush)
+        self._slots.append(_SendSlot(fut, cmd.ref, started))
+
+    def _send_reply(self, slot: _SendSlot) -> bytes:
+        """The reply to a committed (or refused) send, as :meth:`_reply` makes it."""
+        try:
+            sent = slot.fut.result()
+        except ProtocolError as exc:
+            return self._error_frame("send", slot.ref, exc)
+        except Exception:
+            log.exception("internal error in send")
+            self.app.metrics.command("send", InternalError.code)
+            return wire.encode(wire.Error(slot.ref, InternalError.code, "internal error"))
+        metrics = self.app.metrics
+        metrics.command("send", "ok")
+        metrics.send_latency.observe(time.perf_counter() - slot.started)
+        return wire.encode(wire.SendOk(slot.ref, sent.message, sent.channel))
+
+    def _error_frame(self, op: str, ref: wire.Ref, exc: ProtocolError) -> bytes:
+        self.app.metrics.command(op, exc.code)
+        frame = wire.encode(wire.Error(ref, exc.code, exc.message, **exc.details))
+        return _BadRequestFrame(frame) if isinstance(exc, BadRequest) else frame
 
     def _flush(self, _: object = None) -> None:
         """Write every finished reply at the head of the line, in order."""
@@ -285,6 +338,11 @@ class Session:
                 # A rate_limited reply neither counts as bad nor resets the count.
                 if type(head) is _BadRequestFrame:
                     self._count_frame(bad=True)
+            elif isinstance(head, _SendSlot):
+                if not head.fut.done():
+                    return
+                frame = self._send_reply(head)
+                self._count_frame(bad=type(frame) is _BadRequestFrame)
             elif head.done() and not head.cancelled():
                 frame = head.result()
                 self._count_frame(bad=type(frame) is _BadRequestFrame)
@@ -300,9 +358,10 @@ class Session:
             await asyncio.wait([self._head()])
             self._flush()
 
-    def tasks(self) -> list[asyncio.Task[bytes | None]]:
+    def tasks(self) -> list[asyncio.Future[Any]]:
         """Commands in flight (for the drain on shutdown)."""
-        return [slot for slot in self._slots if isinstance(slot, asyncio.Task)]
+        return [slot.fut if isinstance(slot, _SendSlot) else slot
+                for slot in self._slots if not isinstance(slot, bytes)]
 
     async def _wait_for_reader(self) -> None:
         cfg = self.app.config

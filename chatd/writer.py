@@ -89,6 +89,11 @@ class Writer:
         submitted may already be in the transaction, and a client that retries
         with the same nonce gets the first result.
         """
+        return await self.enqueue(op)
+
+    def enqueue(self, op: Op) -> asyncio.Future[Any]:
+        """:meth:`submit` without the coroutine: the future of ``op``'s result.
+        Raises Unavailable at once when shutting down or overloaded."""
         loop = self._loop
         assert loop is not None, "Writer.start() first"
         if self._closing:
@@ -105,14 +110,14 @@ class Writer:
             if kick:
                 # Decide after the commands read in this round have been submitted.
                 loop.call_soon(self._kick)
-            return await fut
+            return fut
         with self._lock:
             self._pending.append((op, fut))
             idle = not self._draining
             self._draining = True
         if idle:
             self._task = loop.create_task(self._run_job())
-        return await fut
+        return fut
 
     def _kick(self) -> None:
         """Commit a lone pending operation here, or start the writing thread."""
