@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 ARGS ?=
 
-.PHONY: run test lint typecheck pytest bench browser postgres clean
+.PHONY: run test lint typecheck pytest bench peers browser postgres clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -42,10 +42,16 @@ pytest: $(STAMP) browser postgres
 test: lint typecheck pytest
 
 # The scenarios, then search over 1,000,000 stored messages (bench/search.py:
-# a few minutes, so in `make bench` only, never in `make test`).
+# a few minutes, so in `make bench` only, never in `make test`), then S1 pinned
+# next to the python floor and Node (bench/peers.sh; skipped without ../shared/peers).
 bench: $(STAMP)
 	$(PY) -m bench $(ARGS)
 	$(PY) -m bench.search
+	bash bench/peers.sh
+
+# ../shared/peers against this working tree (bench/peers.sh): S1 by default.
+peers: $(STAMP)
+	bash bench/peers.sh $(ARGS)
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache test-artifacts
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache test-artifacts .peers

@@ -9,7 +9,10 @@ CREATE TABLE meta (
     value TEXT NOT NULL
 ) WITHOUT ROWID;
 -- keys: schema_version, epoch, seq (the one global counter: last seq assigned,
--- never decremented), horizon (every event with seq <= horizon has been dropped).
+-- never decremented; since version 6 the counter is the newest of this, the
+-- horizon and the newest event, and this row is no longer written each commit:
+-- chatd.sqlite_store.COUNTER), horizon (every event with seq <= horizon has
+-- been dropped).
 
 CREATE TABLE users (
     id         TEXT PRIMARY KEY,

@@ -32,6 +32,7 @@ from typing import Any, TextIO
 from . import wire
 from .exceptions import StartupError
 from .migrations import SCHEMA_VERSION
+from .sqlite_store import COUNTER
 from .store import Store, is_url, open_store
 
 #: messages per read while exporting
@@ -127,6 +128,7 @@ def backup_sqlite(db: str, out: str) -> tuple[str, int, int]:
                 if problems != ["ok"]:
                     raise ToolError(f"the copy fails its integrity check: {problems[:5]}")
                 meta = dict(dst.execute("SELECT key, value FROM meta"))
+                meta["seq"] = dst.execute(COUNTER).fetchone()[0]
             finally:
                 dst.close()
         finally:

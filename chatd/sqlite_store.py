@@ -84,6 +84,21 @@ MESSAGE_WORDS_DELETE = (
 )
 
 
+#: The one global counter, the last seq assigned, on sqlite: the newest event,
+#: or the horizon if expiry dropped every event up to it, or meta('seq') (what
+#: chatd wrote there before version 6, and never less than either). Every seq
+#: is an event stored in the transaction that takes it, and an event is only
+#: ever deleted in a transaction that stores a newer one or moves the horizon
+#: past it, so this never goes back. Not writing meta('seq') spares every
+#: commit a page (sqlite is one writer anyway; PostgreSQL keeps its counter row,
+#: whose lock orders the nodes' commits).
+COUNTER = (
+    "SELECT max(coalesce((SELECT max(seq) FROM events), 0),"
+    " CAST((SELECT value FROM meta WHERE key = 'seq') AS INTEGER),"
+    " CAST((SELECT value FROM meta WHERE key = 'horizon') AS INTEGER))"
+)
+
+
 class _SqliteTx(SendBuffer, RowStatements):
     """:class:`chatd.storage.WriteTx` on the writing connection.
 
@@ -147,11 +162,11 @@ class _SqliteTx(SendBuffer, RowStatements):
 
     def counter(self) -> int:
         if self._seq < 0:
-            self._seq = int(self._one("SELECT value FROM meta WHERE key = 'seq'", ())[0])
+            self._seq = int(self._one(COUNTER, ())[0])
         return self._seq
 
     def set_counter(self, seq: int) -> None:
-        self._run("UPDATE meta SET value = ? WHERE key = 'seq'", (str(seq),))
+        # Nothing to write: the events just inserted are the counter (COUNTER).
         self._seq = seq
 
     def horizon(self) -> int:
@@ -393,10 +408,9 @@ class _SqliteSnapshot(SnapshotStatements):
         return list(await self.conn.execute_fetchall(sql, args))
 
     async def counter(self) -> tuple[int, int]:
-        meta = dict(
-            await self._rows("SELECT key, value FROM meta WHERE key IN ('seq', 'horizon')")
-        )
-        return int(meta["seq"]), int(meta["horizon"])
+        (seq,), = await self._rows(COUNTER)
+        (horizon,), = await self._rows("SELECT value FROM meta WHERE key = 'horizon'")
+        return int(seq), int(horizon)
 
     async def user_by_key(self, key: str) -> UserRow | None:
         rows = await self._rows(

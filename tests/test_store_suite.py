@@ -181,6 +181,33 @@ async def test_reopen_keeps_epoch_sequence_and_channels(db: str) -> None:
         await store.close()
 
 
+async def test_the_counter_never_goes_back(db: str) -> None:
+    """Not when the newest event is deleted, not when expiry drops every event,
+    and not across a reopen after either (sqlite reads its counter from the
+    events and the horizon; PostgreSQL keeps a counter row)."""
+    store = open_store(db)
+    await store.open()
+    me = await alice(store)
+    channel = await one(store, CreateChannelOp(me, "g", "g"), 1000)       # seq 1
+    sent = await one(store, SendOp(me, channel.id, "x", None), 1000)       # seq 2
+    await one(store, DeleteMessageOp(me, sent.message.id), 1000)           # seq 3
+    assert await store.position() == (3, 0)
+    # Every event dropped (all older than 5000); nothing else to expire.
+    done = await one(store, ExpireOp(0, 0, 5000, 0, 0, limit=100), 10_000)
+    assert done.horizon == 3
+    assert await store.position() == (3, 3)
+    assert await replay(store) == []
+    await store.close()
+    store = open_store(db)
+    await store.open()
+    try:
+        assert await store.position() == (3, 3)
+        again = await one(store, SendOp(me, channel.id, "y", None), 11_000)
+        assert again.message.seq == 4
+    finally:
+        await store.close()
+
+
 async def test_open_says_what_it_did_to_the_schema(db: str) -> None:
     """A new database is created at the newest version; opened again, nothing is
     applied (tests/test_upgrade.py migrates old ones)."""
