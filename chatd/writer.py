@@ -18,8 +18,10 @@ command already read in this round of the event loop has been submitted, only
 that one is pending, handing it to the writing thread and its result back would
 cost two thread switches, which on one core are a good part of a lone send's
 ack. The trade-off: the event loop waits for that commit's fsync, which is why
-it is done only for a batch of one, and never while a batch is on the writing
-thread (the next batch forms there, as under load). A backend whose commit is a
+it is done only for a batch of one, never while a batch is on the writing
+thread, and not right after a batch of several (under load the next batch forms
+on the writing thread while the event loop answers the last one; committing
+the first lone arrival inline would stall both). A backend whose commit is a
 network round trip (PostgreSQL) never commits inline.
 
 Why the loop runs on the writing thread and not as a task: a task would take
@@ -78,6 +80,9 @@ class Writer:
         self._inline = inline and store.commits_inline
         #: a decision between inline and the writing thread is scheduled.
         self._kicked = False
+        #: the size of the last batch committed: more than one means load, and
+        #: under load the next lone operation goes to the writing thread too.
+        self._last_batch = 1
 
     def start(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -132,7 +137,7 @@ class Writer:
             # _done (call_soon_threadsafe) before it let go of _draining, and
             # this _kick was queued after that; the loop runs callbacks in the
             # order they were queued. So an inline commit never overtakes it.
-            lone = len(self._pending) == 1 and not self._closing
+            lone = len(self._pending) == 1 and self._last_batch == 1 and not self._closing
             if lone:
                 batch, self._pending = self._pending, []
         if not lone:
@@ -209,6 +214,7 @@ class Writer:
     def _done(
         self, batch: _Pending, results: list[Result], events: list[Published], seconds: float
     ) -> None:
+        self._last_batch = len(batch)
         if events:
             self._feed.committed(events, lambda: self._resolve(batch, results))
         else:

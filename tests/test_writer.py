@@ -166,6 +166,12 @@ async def test_a_lone_send_commits_on_the_loop_a_burst_on_the_writer_thread(
         await asyncio.gather(*(h.writer.submit(h.send(f"burst {i}")) for i in range(100)))
         assert all(not on_loop for _, on_loop in store.runs), store.runs
         assert max(n for n, _ in store.runs) > 1, "a burst still commits in groups"
+        # Right after a batch of several (load), a lone send goes to the thread
+        # too; once a batch of one has been committed, lone sends go inline again.
+        store.runs.clear()
+        for i in range(3):
+            await h.writer.submit(h.send(f"after {i}"))
+        assert store.runs == [(1, False), (1, True), (1, True)], store.runs
     finally:
         await h.writer.close()
         await h.store.close()
