@@ -42,4 +42,8 @@ args=("$@")
 if [[ ${#args[@]} -eq 0 ]]; then
   args=(--scenarios S1)
 fi
-node bench.js --systems chatd,pyfloor,sio-batch --out "$work/results" "${args[@]}" | grep -v '^{'
+mkdir -p "$work/results"
+# The table goes to stderr; stdout is one JSON line per result, kept here.
+node bench.js --systems chatd,pyfloor,sio-batch --out "$work/results" "${args[@]}" \
+  > "$work/results/last.jsonl"
+echo "peers: JSON lines in $work/results/last.jsonl"
