@@ -642,8 +642,10 @@ async def _members(args: argparse.Namespace) -> int:
         if channel.kind == "public":
             raise CliError(f"#{escape(channel.name)} is public: every user sees it")
         ok = await client.members(channel.id)
+    creator = ok.creator.id if ok.creator else None
     for member in ok.members:
-        _print(f"{member.id}\t{escape(member.name)}")
+        mark = "\tcreator" if member.id == creator else ""
+        _print(f"{member.id}\t{escape(member.name)}{mark}")
     return 0
 
 

@@ -604,8 +604,11 @@ class Session:
     async def _members(self, cmd: wire.Members) -> wire.MembersOk:
         channel_id = validate.text("channel", cmd.channel)
         async with self._read_slot():
-            return wire.MembersOk(cmd.ref, await self.app.store.members(channel_id,
-                                                                         self._me().id))
+            members, creator = await self.app.store.members(channel_id, self._me().id)
+        reply = wire.MembersOk(cmd.ref, members)
+        if creator is not None:
+            reply.creator = creator
+        return reply
 
     async def _mark_read(self, cmd: wire.MarkRead) -> wire.MarkReadOk:
         channel_id = validate.text("channel", cmd.channel)

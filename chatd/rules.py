@@ -733,12 +733,22 @@ async def boot(snap: Snapshot, user_id: str) -> tuple[int, wire.Me, list[wire.Bo
     return seq, me, channels
 
 
-async def members(snap: Snapshot, channel_id: str, user_id: str) -> list[wire.User]:
-    """The current members of a private or dm channel the user can see."""
-    channel = await visible_channel(snap, channel_id, user_id)
-    if channel.kind == "public":
+async def members(
+    snap: Snapshot, channel_id: str, user_id: str
+) -> tuple[list[wire.User], wire.User | None]:
+    """The current members of a private or dm channel the user can see, and a
+    private channel's creator (None for a dm)."""
+    row = await snap.visible_channel(channel_id, user_id)
+    if row is None:
+        raise NotFound(no_channel(channel_id))
+    _, _, creator_id, kind = row
+    if kind == "public":
         raise BadRequest("channel: a public channel has no member list (everyone sees it)")
-    return [wire.User(i, n) for i, n in await snap.members(channel_id)]
+    members = [wire.User(i, n) for i, n in await snap.members(channel_id)]
+    if kind != "private":
+        return members, None
+    creator = await snap.user(creator_id)
+    return members, None if creator is None else wire.User(creator[0], creator[1])
 
 
 async def typing_audience(

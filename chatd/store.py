@@ -138,7 +138,9 @@ class Store:
         async with self.backend.snapshot() as snap:
             return await rules.history(snap, channel_id, user_id, before, limit)
 
-    async def members(self, channel_id: str, user_id: str) -> list[wire.User]:
+    async def members(
+        self, channel_id: str, user_id: str
+    ) -> tuple[list[wire.User], wire.User | None]:
         async with self.backend.snapshot() as snap:
             return await rules.members(snap, channel_id, user_id)
 

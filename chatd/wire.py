@@ -386,6 +386,9 @@ class MemberOk(Ok, tag="ok"):
 
 class MembersOk(Ok, tag="ok"):
     members: list[User]
+    #: a private channel's creator (who may remove anyone), member or not; not
+    #: for a dm (docs/protocol.md: the contract is silent)
+    creator: User | UnsetType = UNSET
 
 
 class MarkReadOk(Ok, tag="ok"):

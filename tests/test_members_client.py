@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from chatd import wire
@@ -62,6 +63,7 @@ async def test_private_channel_membership_through_the_client(daemon: Daemon) -> 
         members = await bob.members(plans.id)
         assert isinstance(members, wire.MembersOk)
         assert names(members.members) == ["alice", "bob"]
+        assert members.creator == alice.user, "a private channel names its creator"
         # The whole history, also from before he joined.
         assert [m.body for m in (await bob.history(plans.id)).messages] == ["before bob"]
         (seen,) = [c for c in (await bob.boot()).channels if c.id == plans.id]
@@ -75,6 +77,7 @@ async def test_private_channel_membership_through_the_client(daemon: Daemon) -> 
             await bob.leave(plans.id)
         after = await alice.send(plans.id, "after bob")
         assert names((await alice.members(plans.id)).members) == ["alice"]
+        assert (await alice.members(plans.id)).creator == alice.user
 
         await tail.until_seq(after.message.seq - 1)
         mine = [e for e in tail.events if e.channel.id == plans.id]
@@ -99,6 +102,9 @@ async def test_direct_messages_and_read_positions_through_the_client(daemon: Dae
         assert isinstance(dm.members, list) and names(dm.members) == ["alice", "bob"]
         same = await bob.open_dm(alice.user.id)
         assert same.channel.id == dm.id and not same.created
+        dm_members = await bob.members(dm.id)
+        assert names(dm_members.members) == ["alice", "bob"]
+        assert dm_members.creator is msgspec.UNSET, "a dm has no creator"
         with pytest.raises(BadRequest):
             await bob.leave(dm.id)
 
@@ -147,8 +153,8 @@ async def test_the_command_line_for_channels_dms_and_unread(
 
     assert (await alice.ok("add-member", "plans", "BOB")).strip() == "added bob to #plans"
     assert f"{cid}\tplans\tprivate" in (await bob.ok("channels")).splitlines()
-    members = [line.split("\t")[1] for line in (await bob.ok("members", "plans")).splitlines()]
-    assert members == ["alice", "bob"]
+    lines = [line.split("\t") for line in (await bob.ok("members", "plans")).splitlines()]
+    assert [fields[1:] for fields in lines] == [["alice", "creator"], ["bob"]]
     rc, _, err = await bob.run("members", "general")
     assert rc == 1 and "public" in err
     rc, _, err = await alice.run("add-member", "plans", "nobody")

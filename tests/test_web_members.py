@@ -101,6 +101,15 @@ async def test_private_channel_members_and_a_dm(daemon: Daemon, browsers: Browse
     await expect(alice.loc("#member-list .remove-member")).to_have_count(1)  # her channel
     await expect(alice.loc("#members-error")).to_be_empty()
     await alice.shot("members-panel")
+    # After a reload her page still knows she made it (the members reply names
+    # its creator): the Remove button stays.
+    await alice.page.reload()
+    await alice.expect_state("connected")
+    await alice.open_channel(SECRET)
+    await alice.loc("#members-open").click()
+    await expect(alice.loc("#member-list .member")).to_have_count(2)
+    await expect(alice.loc("#member-list .remove-member")).to_have_count(1)
+    await expect(alice.loc("#member-list .member-creator")).to_have_count(1)
 
     await expect(bob.channel(SECRET)).to_have_count(1)
     await expect(bob.channel(SECRET).locator(".channel-lock")).to_have_count(1)

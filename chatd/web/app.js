@@ -788,10 +788,7 @@ function removeChannel(channel) {
 }
 
 const eventHandlers = {
-  "channel.created": (ev) => {
-    channelCreated(ev.channel);
-    addChannel(ev.channel);
-  },
+  "channel.created": (ev) => addChannel(ev.channel),
   "channel.deleted": (ev) => removeChannel(ev.channel),
   "message.sent": (ev) => {
     const msg = {
@@ -882,7 +879,6 @@ async function onNewChannelSubmit(e) {
   try {
     const ok = await session.conn.request("create_channel", newChannelArgs(name));
     els.newChannelName.value = "";
-    channelCreated(ok.channel);
     addChannel(ok.channel);
     openChannel(ok.channel.id);
   } catch (err) {
@@ -1392,21 +1388,20 @@ const memberEls = {
 const membership = {
   people: [], // active users, for the two pickers
   peopleLoad: 0, // a newer `users` load makes the replies of older ones stale
-  // Private channels we saw ourselves create (their channel.created reaches
-  // only the creator): the creator may remove anyone. Lost on reload, when
-  // the Remove buttons go, but the server still lets the creator remove.
-  created: new Set(),
   membersOf: null, // the channel id the members dialog shows
   members: [],
+  // The shown channel's creator (the members reply names it): the creator may
+  // remove anyone, so sees the Remove buttons, also after a reload.
+  creator: null,
   membersLoad: 0,
 };
 
 function resetMembership() {
   membership.people = [];
   membership.peopleLoad++;
-  membership.created.clear();
   membership.membersOf = null;
   membership.members = [];
+  membership.creator = null;
   membership.membersLoad++;
 }
 
@@ -1414,10 +1409,6 @@ function channelEntry(channel) {
   const entry = { id: channel.id, name: channel.name, kind: channel.kind || "public" };
   if (Array.isArray(channel.members)) entry.members = channel.members;
   return entry;
-}
-
-function channelCreated(channel) {
-  if (channel.kind === "private") membership.created.add(channel.id);
 }
 
 function newChannelArgs(name) {
@@ -1576,6 +1567,7 @@ function openMembers() {
   clearError();
   membership.membersOf = view.channel.id;
   membership.members = [];
+  membership.creator = null;
   memberEls.membersTitle.textContent = `Members of ${view.channel.name}`;
   setMembersError(null);
   renderMembers();
@@ -1593,6 +1585,7 @@ async function loadMembers() {
     const ok = await session.conn.request("members", { channel: id });
     if (load !== membership.membersLoad || id !== membership.membersOf) return;
     membership.members = ok.members;
+    membership.creator = ok.creator ? ok.creator.id : null;
     renderMembers();
     renderPickers();
   } catch (err) {
@@ -1601,12 +1594,12 @@ async function loadMembers() {
 }
 
 function renderMembers() {
-  const id = membership.membersOf;
-  const mayRemove = isAdmin() || membership.created.has(id);
+  const mayRemove = isAdmin() || (membership.creator !== null && membership.creator === app.me?.id);
   const items = membership.members.map((user) => {
     const li = el("li", "member");
     li.dataset.userId = user.id;
     li.append(el("span", "member-name", user.name));
+    if (user.id === membership.creator) li.append(el("span", "member-creator", "(creator)"));
     if (user.id === app.me?.id) {
       li.append(el("span", "user-you", "(you)"));
     } else if (mayRemove) {
