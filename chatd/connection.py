@@ -297,10 +297,7 @@ class Session:
         """Submit a send; its slot is written by :meth:`_flush` once committed."""
         started = time.perf_counter()
         try:
-            channel_id = validate.text("channel", cmd.channel)
-            body = validate.body(cmd.body)
-            nonce = None if cmd.nonce is None else validate.text("nonce", cmd.nonce)
-            fut = self.app.writer.enqueue(SendOp(self._me(), channel_id, body, nonce))
+            fut = self.app.writer.enqueue(self._send_op(cmd))
         except ProtocolError as exc:
             self._slots.append(self._error_frame("send", cmd.ref, exc))
             self._flush()
@@ -622,13 +619,16 @@ class Session:
         return wire.ChannelOk(cmd.ref, channel)
 
     async def _send(self, cmd: wire.Send) -> wire.SendOk:
+        # A logged-in connection's send takes _send_fast; _reply only gets the
+        # ones it refuses before calling this (not logged in, shutting down).
+        sent: Sent = await self.app.writer.submit(self._send_op(cmd))
+        return wire.SendOk(cmd.ref, sent.message, sent.channel)
+
+    def _send_op(self, cmd: wire.Send) -> SendOp:
         channel_id = validate.text("channel", cmd.channel)
         body = validate.body(cmd.body)
         nonce = None if cmd.nonce is None else validate.text("nonce", cmd.nonce)
-        sent: Sent = await self.app.writer.submit(
-            SendOp(self._me(), channel_id, body, nonce)
-        )
-        return wire.SendOk(cmd.ref, sent.message, sent.channel)
+        return SendOp(self._me(), channel_id, body, nonce)
 
     async def _edit_message(self, cmd: wire.EditMessage) -> wire.SendOk:
         message_id = validate.text("message", cmd.message)
