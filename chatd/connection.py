@@ -280,9 +280,7 @@ class Session:
         except ProtocolError as exc:
             return self._error_frame(op, cmd.ref, exc)
         except Exception:
-            log.exception("internal error in %s", op)
-            self.app.metrics.command(op, InternalError.code)
-            return wire.encode(wire.Error(cmd.ref, InternalError.code, "internal error"))
+            return self._internal_frame(op, cmd.ref)
         self.app.metrics.command(op, "ok")
         if isinstance(cmd, wire.Send):
             self.app.metrics.send_latency.observe(time.perf_counter() - started)
@@ -312,9 +310,7 @@ class Session:
         except ProtocolError as exc:
             return self._error_frame("send", slot.ref, exc)
         except Exception:
-            log.exception("internal error in send")
-            self.app.metrics.command("send", InternalError.code)
-            return wire.encode(wire.Error(slot.ref, InternalError.code, "internal error"))
+            return self._internal_frame("send", slot.ref)
         metrics = self.app.metrics
         metrics.command("send", "ok")
         metrics.send_latency.observe(time.perf_counter() - slot.started)
@@ -324,6 +320,12 @@ class Session:
         self.app.metrics.command(op, exc.code)
         frame = wire.encode(wire.Error(ref, exc.code, exc.message, **exc.details))
         return _BadRequestFrame(frame) if isinstance(exc, BadRequest) else frame
+
+    def _internal_frame(self, op: str, ref: wire.Ref) -> bytes:
+        """The reply to a command that raised something unexpected (logged here)."""
+        log.exception("internal error in %s", op)
+        self.app.metrics.command(op, InternalError.code)
+        return wire.encode(wire.Error(ref, InternalError.code, "internal error"))
 
     def _flush(self, _: object = None) -> None:
         """Write every finished reply at the head of the line, in order."""

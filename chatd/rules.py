@@ -82,7 +82,16 @@ from .ops import (
     TailPage,
 )
 from .search import Query, matches
-from .storage import AccountRow, Backend, NonceRow, SearchRow, Snapshot, UserRow, WriteTx
+from .storage import (
+    AccountRow,
+    Backend,
+    ChannelRow,
+    NonceRow,
+    SearchRow,
+    Snapshot,
+    UserRow,
+    WriteTx,
+)
 
 log = logging.getLogger("chatd.rules")
 
@@ -660,10 +669,15 @@ def stored_user(row: UserRow) -> StoredUser:
 
 async def visible_channel(snap: Snapshot, channel_id: str, user_id: str) -> wire.Channel:
     """The channel if the user can see it; not_found (one wording) otherwise."""
+    row = await _visible_row(snap, channel_id, user_id)
+    return wire.Channel(row[0], row[1], row[3])
+
+
+async def _visible_row(snap: Snapshot, channel_id: str, user_id: str) -> ChannelRow:
     row = await snap.visible_channel(channel_id, user_id)
     if row is None:
         raise NotFound(no_channel(channel_id))
-    return wire.Channel(row[0], row[1], row[3])
+    return row
 
 
 async def history(
@@ -738,10 +752,7 @@ async def members(
 ) -> tuple[list[wire.User], wire.User | None]:
     """The current members of a private or dm channel the user can see, and a
     private channel's creator (None for a dm)."""
-    row = await snap.visible_channel(channel_id, user_id)
-    if row is None:
-        raise NotFound(no_channel(channel_id))
-    _, _, creator_id, kind = row
+    _, _, creator_id, kind = await _visible_row(snap, channel_id, user_id)
     if kind == "public":
         raise BadRequest("channel: a public channel has no member list (everyone sees it)")
     members = [wire.User(i, n) for i, n in await snap.members(channel_id)]

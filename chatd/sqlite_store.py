@@ -203,15 +203,15 @@ class _SqliteTx(SendBuffer, RowStatements):
 
     def delete_messages(self, rows: list[tuple[str, int]]) -> None:
         self._flush()
+        seqs = [(s,) for _, s in rows]
         # The channel had a message then, even if it is gone now (idle_channels).
         self.conn.executemany(
             "UPDATE channels SET active_ms = max(active_ms, m.at_ms) FROM messages m"
-            " WHERE m.seq = ? AND channels.id = m.channel_id", [(s,) for _, s in rows])
-        self.conn.executemany(MESSAGE_WORDS_DELETE, [(s,) for _, s in rows])
-        self.conn.executemany("DELETE FROM messages WHERE seq = ?", [(s,) for _, s in rows])
-        # By seq too: the message.sent event of a message from before events
-        # had a message_id is found by its seq.
-        self.conn.executemany("DELETE FROM events WHERE seq = ?", [(s,) for _, s in rows])
+            " WHERE m.seq = ? AND channels.id = m.channel_id", seqs)
+        self.conn.executemany(MESSAGE_WORDS_DELETE, seqs)
+        self.conn.executemany("DELETE FROM messages WHERE seq = ?", seqs)
+        # Its message.sent has its seq; its message.edited events have its id.
+        self.conn.executemany("DELETE FROM events WHERE seq = ?", seqs)
         self.conn.executemany("DELETE FROM events WHERE message_id = ?", [(i,) for i, _ in rows])
 
     # -- nonces

@@ -78,7 +78,9 @@ class Writer:
         self._closing = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._inline = inline and store.commits_inline
-        #: a decision between inline and the writing thread is scheduled.
+        #: a decision between inline and the writing thread is scheduled (also
+        #: without inline commits: the writing thread then starts with every
+        #: command read in this round of the event loop).
         self._kicked = False
         #: the size of the last batch committed: more than one means load, and
         #: under load the next lone operation goes to the writing thread too.
@@ -107,21 +109,13 @@ class Writer:
             # Storage cannot keep up: refuse rather than queue without bound.
             raise Unavailable("the server is overloaded; retry shortly")
         fut: asyncio.Future[Any] = loop.create_future()
-        if self._inline:
-            with self._lock:
-                self._pending.append((op, fut))
-                kick = not self._draining and not self._kicked
-                self._kicked = self._kicked or kick
-            if kick:
-                # Decide after the commands read in this round have been submitted.
-                loop.call_soon(self._kick)
-            return fut
         with self._lock:
             self._pending.append((op, fut))
-            idle = not self._draining
-            self._draining = True
-        if idle:
-            self._task = loop.create_task(self._run_job())
+            kick = not self._draining and not self._kicked
+            self._kicked = self._kicked or kick
+        if kick:
+            # Decide after the commands read in this round have been submitted.
+            loop.call_soon(self._kick)
         return fut
 
     def _kick(self) -> None:
@@ -137,7 +131,8 @@ class Writer:
             # _done (call_soon_threadsafe) before it let go of _draining, and
             # this _kick was queued after that; the loop runs callbacks in the
             # order they were queued. So an inline commit never overtakes it.
-            lone = len(self._pending) == 1 and self._last_batch == 1 and not self._closing
+            lone = (self._inline and len(self._pending) == 1 and self._last_batch == 1
+                    and not self._closing)
             if lone:
                 batch, self._pending = self._pending, []
         if not lone:
