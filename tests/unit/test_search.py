@@ -8,7 +8,7 @@ import sqlite3
 import unicodedata
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from chatd import search
@@ -145,6 +145,14 @@ def test_index_text_and_long_words() -> None:
     assert check(long, long + " y")
     assert not check(long + "z", long + " y")
     assert search.fts5_query(search.parse(long)) == '"' + "x" * search.TERM_MAX + '"'
+
+
+@settings(max_examples=300)
+@given(st.text(alphabet=st.characters(max_codepoint=127), max_size=300))
+@example("Hello, wORLD_42! " + "Ab1" * 60 + " x")
+def test_an_ascii_body_indexes_as_the_general_path_does(body: str) -> None:
+    # index_text takes a shorter road for ASCII; it must give what terms() gives
+    assert search.index_text(body) == " ".join(search.terms(body))
 
 
 def test_a_long_prefix_is_looked_up_by_its_start(fts: sqlite3.Connection) -> None:
