@@ -139,8 +139,8 @@ def _per_send(spent: dict[str, float], sends: int) -> dict[str, float]:
 
 
 async def run(db: str, seconds: float, batch: int, nonces: bool,
-              breakdown: bool = False) -> dict[str, Any]:
-    store = open_store(db)
+              breakdown: bool = False, index_batch: int = 0) -> dict[str, Any]:
+    store = open_store(db, search_index_batch=index_batch)
     await store.open()
     spent: dict[str, float] = defaultdict(float)
     try:
@@ -194,6 +194,8 @@ def main() -> None:
     p.add_argument("--seconds", type=float, default=5.0)
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--no-nonces", action="store_true", help="sends without a nonce")
+    p.add_argument("--search-index-batch", type=int, default=0, metavar="N",
+                   help="sqlite: let the search index trail by up to N messages (chatd serve's)")
     p.add_argument("--breakdown", action="store_true",
                    help="sqlite: the writing thread's CPU per send, by statement")
     args = p.parse_args()
@@ -201,7 +203,8 @@ def main() -> None:
         p.error("--breakdown times sqlite's writing connection")
     with tempfile.TemporaryDirectory() as tmp:
         db = args.db or os.fspath(Path(tmp) / "bench.db")
-        out = asyncio.run(run(db, args.seconds, args.batch, not args.no_nonces, args.breakdown))
+        out = asyncio.run(run(db, args.seconds, args.batch, not args.no_nonces, args.breakdown,
+                              args.search_index_batch))
         parts = out.pop("writer_us_per_send", None)
         print(out)
         for name, us in (parts or {}).items():

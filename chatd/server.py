@@ -344,7 +344,8 @@ async def serve(
         except (NotImplementedError, RuntimeError):
             pass
 
-    app = App(config, open_store(config.db), clock=clock)
+    store = open_store(config.db, search_index_batch=config.search_index_batch)
+    app = App(config, store, clock=clock)
     await app.start()
     server: Server = await ws_serve(
         app.handle,

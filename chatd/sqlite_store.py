@@ -78,10 +78,47 @@ def schema_sql() -> str:
 # change or it is deleted (FTS5's 'delete' takes the words that were indexed,
 # read from the row while it still has them), and after they changed.
 MESSAGE_WORDS_INSERT = "INSERT INTO message_words(rowid, words) VALUES (?, ?)"
+
+# With a trailing index (SqliteBackend's ``search_index_batch``), meta
+# ('search_indexed') is the newest seq up to which every message is in
+# message_words; the messages after it (at most about a batch) are not, and a
+# search reads them from ``messages`` instead (_SqliteSnapshot.search), so it
+# finds every committed message all the same. The row is moved, and the messages
+# after it indexed, in one transaction (INDEX_TRAILING, ADVANCE_INDEXED): a
+# crash leaves both as they were. No row: every message is in the index, written
+# in its own transaction (the default). Each statement below reads the row
+# itself, so any process writing the file keeps the index right in either mode.
+_INDEXED = ("coalesce((SELECT CAST(value AS INTEGER) FROM meta WHERE key = 'search_indexed'),"
+            " 9223372036854775807)")
 MESSAGE_WORDS_DELETE = (
     "INSERT INTO message_words(message_words, rowid, words)"
-    " SELECT 'delete', seq, words FROM messages WHERE seq = ?"
+    f" SELECT 'delete', seq, words FROM messages WHERE seq = ? AND seq <= {_INDEXED}"
 )
+#: after an edit, the new words of an indexed message (a trailing one is indexed
+#: with the words it has then)
+MESSAGE_WORDS_REINSERT = (
+    "INSERT INTO message_words(rowid, words)"
+    f" SELECT seq, words FROM messages WHERE seq = ? AND seq <= {_INDEXED}"
+)
+INDEX_TRAILING = (
+    "INSERT INTO message_words(rowid, words)"
+    f" SELECT seq, words FROM messages WHERE seq > {_INDEXED} ORDER BY seq"
+)
+ADVANCE_INDEXED = (
+    "UPDATE meta SET value = CAST(max(CAST(value AS INTEGER),"
+    " coalesce((SELECT max(seq) FROM messages), 0)) AS TEXT) WHERE key = 'search_indexed'"
+)
+
+
+class _Trailing:
+    """The writer's count of messages not yet in the search index; only decides
+    when to catch up (the statements above read meta for what is right)."""
+
+    __slots__ = ("batch", "pending")
+
+    def __init__(self, batch: int, pending: int) -> None:
+        self.batch = batch
+        self.pending = pending
 
 
 #: The one global counter, the last seq assigned, on sqlite: the newest event,
@@ -110,10 +147,15 @@ class _SqliteTx(SendBuffer, RowStatements):
     :mod:`chatd.storage`), which keeps a send with a nonce on the buffered path.
     """
 
-    def __init__(self, conn: sqlite3.Connection) -> None:
+    def __init__(self, conn: sqlite3.Connection, trailing: _Trailing | None = None) -> None:
         super().__init__()
         self.conn = conn
         self._seq = -1
+        #: None: each message's words go into the index in its own transaction
+        self._trailing = trailing
+        #: messages this transaction wrote, and how many of them before it caught up
+        self._added = 0
+        self._caught_up: int | None = None
 
     def _flush(self) -> None:
         conn = self.conn
@@ -130,7 +172,10 @@ class _SqliteTx(SendBuffer, RowStatements):
                 " words) VALUES (?,?,?,?,?,?,?,?)",
                 self._messages,
             )
-            conn.executemany(MESSAGE_WORDS_INSERT, [(m[0], m[7]) for m in self._messages])
+            if self._trailing is None:
+                conn.executemany(MESSAGE_WORDS_INSERT, [(m[0], m[7]) for m in self._messages])
+            else:
+                self._added += len(self._messages)
             self._messages.clear()
         if self._nonces:
             conn.executemany(
@@ -199,7 +244,7 @@ class _SqliteTx(SendBuffer, RowStatements):
         self._run(MESSAGE_WORDS_DELETE, (seq,))
         self._run("UPDATE messages SET body = ?, edited_ms = ?, words = ? WHERE seq = ?",
                   (body, edited_ms, words, seq))
-        self._run(MESSAGE_WORDS_INSERT, (seq, words))
+        self._run(MESSAGE_WORDS_REINSERT, (seq,))
 
     def delete_messages(self, rows: list[tuple[str, int]]) -> None:
         self._flush()
@@ -235,11 +280,29 @@ class _SqliteTx(SendBuffer, RowStatements):
     # -- expiry
 
     def tidy_search_index(self, pages: int) -> None:
+        if self._trailing is not None:
+            # the expiry round: the index never trails a quiet chat for longer
+            self._catch_up()
         self._run("INSERT INTO message_words(message_words, rank) VALUES ('merge', ?)", (pages,))
+
+    def _catch_up(self) -> None:
+        """Index every message the index trails, and move meta('search_indexed')."""
+        self._flush()
+        self.conn.execute(INDEX_TRAILING)
+        self.conn.execute(ADVANCE_INDEXED)
+        self._caught_up = self._added
 
     def commit(self) -> None:
         self._flush()
+        trailing = self._trailing
+        if trailing is not None and trailing.pending + self._added >= trailing.batch:
+            self._catch_up()
         self.conn.execute("COMMIT")
+        if trailing is not None:
+            if self._caught_up is None:
+                trailing.pending += self._added
+            else:
+                trailing.pending = self._added - self._caught_up
 
 
 class SqliteBackend:
@@ -249,8 +312,15 @@ class SqliteBackend:
     shared = False
     commits_inline = True
 
-    def __init__(self, path: str, *, readers: int = 3) -> None:
+    def __init__(self, path: str, *, readers: int = 3, search_index_batch: int = 0) -> None:
+        """``search_index_batch``: 0 writes each message's search index entry in
+        the message's transaction (issue 14's rule); N > 0 lets the index trail by
+        up to about N messages, written together (FTS5's fixed cost per commit,
+        ~100 µs of CPU, is then paid once per N sends), while searches read the
+        trailing messages directly and find every committed message."""
         self.path = path
+        self._index_batch = search_index_batch
+        self._trailing: _Trailing | None = None
         self.epoch = ""
         self._readers_n = readers
         self._exec = ThreadPoolExecutor(1, thread_name_prefix="chatd-writer")
@@ -296,7 +366,26 @@ class SqliteBackend:
         self.created = self._create(conn)
         self.migrated = migrate(conn, self.path)
         self.epoch = conn.execute("SELECT value FROM meta WHERE key = 'epoch'").fetchone()[0]
+        self._trailing = self._open_trailing(conn)
         self._w = conn
+
+    def _open_trailing(self, conn: sqlite3.Connection) -> _Trailing | None:
+        """The trailing index's state; None when every message is indexed in its
+        own transaction. A file that has trailed once keeps meta('search_indexed'),
+        and a process with ``search_index_batch`` 0 then catches up in every commit
+        that adds messages: the same index, one meta page more."""
+        indexed = "SELECT CAST(value AS INTEGER) FROM meta WHERE key = 'search_indexed'"
+        row = conn.execute(indexed).fetchone()
+        if row is None:
+            if self._index_batch <= 0:
+                return None
+            with _schema_tx(conn):
+                # every message so far is in the index: it was written with it
+                conn.execute("INSERT OR IGNORE INTO meta(key, value) SELECT 'search_indexed',"
+                             " CAST(coalesce(max(seq), 0) AS TEXT) FROM messages")
+            row = conn.execute(indexed).fetchone()
+        (pending,) = conn.execute("SELECT count(*) FROM messages WHERE seq > ?", row).fetchone()
+        return _Trailing(max(1, self._index_batch), pending)
 
     @staticmethod
     def _create(conn: sqlite3.Connection) -> bool:
@@ -340,7 +429,7 @@ class SqliteBackend:
     def write_here(self, fn: Callable[[WriteTx], T]) -> T:
         conn = self._w
         assert conn is not None, "open() first"
-        tx = _SqliteTx(conn)
+        tx = _SqliteTx(conn, self._trailing)
         conn.execute("BEGIN IMMEDIATE")
         try:
             result = fn(tx)
@@ -476,20 +565,34 @@ class _SqliteSnapshot(SnapshotStatements):
     ) -> list[SearchRow] | None:
         # FTS5 walks its index by rowid (the seq), newest first, and stops at the
         # limit: no sort, whatever the number of matches.
-        args: tuple[Any, ...]
-        if channel_id is None:
-            in_channel, args = "", (fts5_query(query), before, user_id, limit)
-        else:
+        where: tuple[str, ...] = (user_id,)
+        in_channel = ""
+        if channel_id is not None:
             if not await self._rows(SEARCH_CHANNEL, (channel_id, user_id)):
                 return None
-            in_channel = " AND m.channel_id = ?"
-            args = (fts5_query(query), before, channel_id, user_id, limit)
-        return await self._rows(
+            in_channel, where = " AND m.channel_id = ?", (channel_id, user_id)
+        rows: list[SearchRow] = []
+        indexed = await self._rows(
+            "SELECT CAST(value AS INTEGER) FROM meta WHERE key = 'search_indexed'")
+        if indexed and before > indexed[0][0] + 1:
+            # The messages the index trails (a batch at most), newest first, all of
+            # them candidates: the caller confirms each on its body.
+            upto = indexed[0][0]
+            rows = await self._rows(
+                f"SELECT {SEARCH_COLUMNS} FROM messages m JOIN channels c ON c.id = m.channel_id"
+                f" WHERE m.seq > ? AND m.seq < ?{in_channel} AND {SEARCH_VISIBLE}"
+                " ORDER BY m.seq DESC LIMIT ?",
+                (upto, before, *where, limit),
+            )
+            if len(rows) >= limit:
+                return rows
+            before, limit = upto + 1, limit - len(rows)
+        return rows + await self._rows(
             f"SELECT {SEARCH_COLUMNS} FROM message_words w"
             " JOIN messages m ON m.seq = w.rowid JOIN channels c ON c.id = m.channel_id"
             f" WHERE message_words MATCH ? AND w.rowid < ?{in_channel} AND {SEARCH_VISIBLE}"
             " ORDER BY w.rowid DESC LIMIT ?",
-            args,
+            (fts5_query(query), before, *where, limit),
         )
 
 

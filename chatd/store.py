@@ -32,13 +32,14 @@ def is_url(db: str) -> bool:
     return _URL.match(db) is not None
 
 
-def open_store(db: str) -> Store:
-    """The store for ``--db``: a path is sqlite; a URL names its backend."""
+def open_store(db: str, *, search_index_batch: int = 0) -> Store:
+    """The store for ``--db``: a path is sqlite; a URL names its backend.
+    ``search_index_batch``: sqlite's (:class:`~chatd.sqlite_store.SqliteBackend`)."""
     m = _URL.match(db)
     if m is None:
         from .sqlite_store import SqliteBackend
 
-        return Store(SqliteBackend(db))
+        return Store(SqliteBackend(db, search_index_batch=search_index_batch))
     scheme = m.group("scheme").lower()
     if scheme in ("postgresql", "postgres"):
         from .postgres_store import PostgresBackend

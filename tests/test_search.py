@@ -124,3 +124,27 @@ async def test_the_client_and_the_command_line_search(daemon: Any, tmp_path: Pat
     assert hit["id"] == first.id and hit["channel"]["name"] == "general"
     out = await cli.ok("search", "quick", "--limit", "1")
     assert "quick thinking" in out and "fox" not in out
+
+
+async def test_a_trailing_search_index_loses_nothing_to_sigkill(make_daemon: Any,
+                                                                 tmp_path: Path) -> None:
+    """--search-index-batch: acknowledged sends not yet in the index are found
+    before and after a SIGKILL, and the index catches up with them afterwards."""
+    d = await make_daemon("--search-index-batch", "16", db=tmp_path / "trail.db")
+    async with client(d.url, "alice") as a:
+        general = (await a.ok("create_channel", name="general"))["channel"]["id"]
+        sent = [(await a.ok("send", channel=general, body=f"kiwi {i}"))["message"]["id"]
+                for i in range(5)]
+        assert _ids(await a.ok("search", query="kiwi")) == sent[::-1]
+    await d.kill()
+    await d.start()
+    async with client(d.url, "alice") as a:
+        assert _ids(await a.ok("search", query="kiwi")) == sent[::-1]
+        await a.ok("edit_message", message=sent[0], body="mango 0")
+        sent += [(await a.ok("send", channel=general, body=f"kiwi {i}"))["message"]["id"]
+                 for i in range(5, 16)]  # the sixteenth since the last catch-up
+        assert _ids(await a.ok("search", query="kiwi", limit=100)) == sent[:0:-1]
+        assert _ids(await a.ok("search", query="mango")) == sent[:1]
+    await d.kill()
+    search_index_check(d.db)  # every message in the index, with its current words
+

@@ -8,6 +8,7 @@ backend's files or tables directly.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -52,7 +53,11 @@ from chatd.ops import (
 )
 from chatd.store import Store, open_store
 
-BACKENDS = ["sqlite", "postgresql"]
+#: "sqlite-trailing": sqlite whose search index trails its messages by up to
+#: TRAILING of them (``--search-index-batch``); tests that open more stores on
+#: the file open them with the default, which then keeps up the same index
+BACKENDS = ["sqlite", "sqlite-trailing", "postgresql"]
+TRAILING = 4
 FAR = 10**13  # a time in ms long after every test's clock
 
 
@@ -62,8 +67,14 @@ def db(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "postgresql":
         url: str = request.getfixturevalue("pg_url")  # tests/pg.py: a new database
         return url
+    if request.param == "sqlite-trailing":
+        return str(tmp_path / "suite-trailing.db")
     assert request.param == "sqlite"
     return str(tmp_path / "suite.db")
+
+
+def index_batch(db: str) -> int:
+    return TRAILING if db.endswith("-trailing.db") else 0
 
 
 OpenStore = Callable[[], Awaitable[Store]]
@@ -75,7 +86,7 @@ async def opened(db: str) -> AsyncIterator[OpenStore]:
     stores: list[Store] = []
 
     async def open_one() -> Store:
-        store = open_store(db)
+        store = open_store(db, search_index_batch=index_batch(db))
         await store.open()
         stores.append(store)
         return store
@@ -820,6 +831,92 @@ async def test_search_finds_current_bodies_only_on_every_backend(
     assert wire.Message(hit.id, hit.seq, hit.at, hit.sender, hit.body,
                         hit.edited_at) == shown[hit.id]
     assert hit.channel == channels[0]
+
+
+def _fts(path: str, match: str = "t*") -> tuple[int, list[int]]:
+    """meta('search_indexed') (-1: no row) and the seqs FTS5 itself finds for
+    ``match``; FTS5's integrity check (the index against the messages) passes."""
+    import sqlite3
+
+    conn = sqlite3.connect(path, isolation_level=None)
+    try:
+        row = conn.execute("SELECT value FROM meta WHERE key = 'search_indexed'").fetchone()
+        (newest,) = conn.execute("SELECT coalesce(max(seq), 0) FROM messages").fetchone()
+        # rank 1: also against each message's words, once none trails (those are
+        # rightly missing from the index until it catches up)
+        caught_up = row is None or newest <= int(row[0])
+        conn.execute("INSERT INTO message_words(message_words, rank) VALUES ('integrity-check', ?)",
+                     (1 if caught_up else 0,))
+        seqs = [r[0] for r in conn.execute(
+            "SELECT rowid FROM message_words WHERE message_words MATCH ? ORDER BY rowid",
+            (match,))]
+        return (-1 if row is None else int(row[0])), seqs
+    finally:
+        conn.close()
+
+
+async def test_a_trailing_search_index_finds_everything_and_catches_up(tmp_path: Path) -> None:
+    """sqlite with --search-index-batch: messages not yet in FTS5 are searched all
+    the same (edited, deleted or not), the index catches up every few messages and
+    in the expiry round, never holds a word twice or a stale one, and a file
+    left with a trailing part (a crash: nothing of it lives in memory) is found
+    in full and caught up by a store with the default setting."""
+    path = str(tmp_path / "trail.db")
+    stores: list[Store] = []
+
+    async def opened_with(batch: int) -> Store:
+        store = open_store(path, search_index_batch=batch)
+        await store.open()
+        stores.append(store)
+        return store
+
+    try:
+        await _trailing(opened_with, path)
+    finally:  # a store left open would keep its threads, and pytest, waiting
+        for store in stores:
+            with contextlib.suppress(RuntimeError):  # closed already
+                await store.close()
+
+
+async def _trailing(opened_with: Callable[[int], Awaitable[Store]], path: str) -> None:
+    store = await opened_with(4)
+    me = await alice(store)
+    channel = await one(store, CreateChannelOp(me, "g", "g"))
+
+    async def found(query: str) -> list[int]:
+        return [h.seq for h in await _everything(store, me, query, page=2)]
+
+    a, b, c = [(await one(store, SendOp(me, channel.id, f"t{i} alpha", None))).message
+               for i in range(3)]
+    assert _fts(path) == (0, [])  # three trail; nothing indexed yet
+    assert await found("alpha") == [c.seq, b.seq, a.seq]
+    await one(store, EditMessageOp(me, b.id, "t1 kappa"))  # twice while it trails
+    await one(store, EditMessageOp(me, b.id, "t1 beta"))
+    await one(store, DeleteMessageOp(me, c.id))
+    assert await found("alpha") == [a.seq] and await found("beta") == [b.seq]
+    d = (await one(store, SendOp(me, channel.id, "t3 alpha", None))).message
+    # the fourth message: the index caught up, with the edited words, without the deleted
+    assert _fts(path) == (d.seq, [a.seq, b.seq, d.seq])
+    assert _fts(path, "kappa")[1] == [] and _fts(path, "beta")[1] == [b.seq]
+    assert await found("alpha") == [d.seq, a.seq] and await found("beta") == [b.seq]
+    await one(store, EditMessageOp(me, a.id, "t0 gamma"))  # an indexed one now
+    assert await found("alpha") == [d.seq] and await found("gamma") == [a.seq]
+    e = (await one(store, SendOp(me, channel.id, "t4 delta", None))).message
+    await one(store, ExpireOp(message_before_ms=0, channel_idle_before_ms=0, event_before_ms=0,
+                              nonce_before_ms=0, token_before_ms=0, limit=100), 2000)
+    assert _fts(path) == (e.seq, [a.seq, b.seq, d.seq, e.seq])  # the expiry round caught up
+    f, g = [(await one(store, SendOp(me, channel.id, f"t{i} omega", None))).message
+            for i in (5, 6)]
+    await store.close()  # what a crash leaves too: nothing of the trailing part is in memory
+    assert _fts(path) == (e.seq, [a.seq, b.seq, d.seq, e.seq])
+
+    store = await opened_with(0)  # the default: each message indexed in its transaction
+    assert await found("omega") == [g.seq, f.seq]
+    await one(store, EditMessageOp(me, f.id, "t5 sigma"))
+    h = (await one(store, SendOp(me, channel.id, "t7 omega", None))).message
+    assert _fts(path) == (h.seq, [a.seq, b.seq, d.seq, e.seq, f.seq, g.seq, h.seq])
+    assert await found("omega") == [h.seq, g.seq] and await found("sigma") == [f.seq]
+    assert await found("t") == [h.seq, g.seq, f.seq, e.seq, d.seq, b.seq, a.seq]
 
 
 async def test_search_pages_limits_and_refusals(opened: OpenStore) -> None:
