@@ -25,7 +25,7 @@ import tempfile
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -146,7 +146,7 @@ async def run(db: str, seconds: float, batch: int, nonces: bool,
     try:
         me, channel = await _setup(store)
         n, start, cpu = 0, time.perf_counter(), time.process_time()
-        with _breakdown(store, spent) if breakdown else _nothing():
+        with _breakdown(store, spent) if breakdown else nullcontext():
             while (elapsed := time.perf_counter() - start) < seconds:
                 await store.apply(_ops(me, channel, batch, n, nonces), 1000 + n)
                 n += 1
@@ -165,11 +165,6 @@ async def run(db: str, seconds: float, batch: int, nonces: bool,
         return out
     finally:
         await store.close()
-
-
-@contextmanager
-def _nothing() -> Iterator[None]:
-    yield
 
 
 async def _traced(store: Store, writer: Any, batches: list[list[Op]]) -> float:

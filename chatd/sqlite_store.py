@@ -88,8 +88,8 @@ MESSAGE_WORDS_INSERT = "INSERT INTO message_words(rowid, words) VALUES (?, ?)"
 # crash leaves both as they were. No row: every message is in the index, written
 # in its own transaction (the default). Each statement below reads the row
 # itself, so any process writing the file keeps the index right in either mode.
-_INDEXED = ("coalesce((SELECT CAST(value AS INTEGER) FROM meta WHERE key = 'search_indexed'),"
-            " 9223372036854775807)")
+INDEXED_SEQ = "SELECT CAST(value AS INTEGER) FROM meta WHERE key = 'search_indexed'"
+_INDEXED = f"coalesce(({INDEXED_SEQ}), 9223372036854775807)"
 MESSAGE_WORDS_DELETE = (
     "INSERT INTO message_words(message_words, rowid, words)"
     f" SELECT 'delete', seq, words FROM messages WHERE seq = ? AND seq <= {_INDEXED}"
@@ -374,8 +374,7 @@ class SqliteBackend:
         own transaction. A file that has trailed once keeps meta('search_indexed'),
         and a process with ``search_index_batch`` 0 then catches up in every commit
         that adds messages: the same index, one meta page more."""
-        indexed = "SELECT CAST(value AS INTEGER) FROM meta WHERE key = 'search_indexed'"
-        row = conn.execute(indexed).fetchone()
+        row = conn.execute(INDEXED_SEQ).fetchone()
         if row is None:
             if self._index_batch <= 0:
                 return None
@@ -383,7 +382,7 @@ class SqliteBackend:
                 # every message so far is in the index: it was written with it
                 conn.execute("INSERT OR IGNORE INTO meta(key, value) SELECT 'search_indexed',"
                              " CAST(coalesce(max(seq), 0) AS TEXT) FROM messages")
-            row = conn.execute(indexed).fetchone()
+            row = conn.execute(INDEXED_SEQ).fetchone()
         (pending,) = conn.execute("SELECT count(*) FROM messages WHERE seq > ?", row).fetchone()
         return _Trailing(max(1, self._index_batch), pending)
 
@@ -572,8 +571,7 @@ class _SqliteSnapshot(SnapshotStatements):
                 return None
             in_channel, where = " AND m.channel_id = ?", (channel_id, user_id)
         rows: list[SearchRow] = []
-        indexed = await self._rows(
-            "SELECT CAST(value AS INTEGER) FROM meta WHERE key = 'search_indexed'")
+        indexed = await self._rows(INDEXED_SEQ)
         if indexed and before > indexed[0][0] + 1:
             # The messages the index trails (a batch at most), newest first, all of
             # them candidates: the caller confirms each on its body.
