@@ -75,7 +75,8 @@ CREATE INDEX messages_channel ON messages(channel_id, seq, sender_id);
 -- The search index (version 5): FTS5 over messages.words (external content, so
 -- the words are stored once), rowid = the message's seq. The store writes it in
 -- the transaction of every insert, edit and delete of a message (chatd
--- sqlite_store: MESSAGE_WORDS_*), in bulk like the rows of the send path; not
+-- sqlite_store: MESSAGE_WORDS_*), or lets it trail the newest messages by a
+-- batch (meta('search_indexed'), the daemon's default), in bulk like the rows of the send path; not
 -- by triggers, because FTS5 writes its pending terms out at each statement
 -- savepoint, which a trigger opens for every row (3 times the cost). The
 -- 'ascii' tokenizer splits only at ASCII non-alphanumerics: each stored word is

@@ -155,10 +155,10 @@ class Config:
         "for that one fsync); --no-inline-commit always uses the writer thread, for disks "
         "whose fsync takes milliseconds")
     search_index_batch: int = flag(
-        0, "int", "with sqlite, 0 writes a message's search index entry in the message's own "
-        "transaction; N lets the index trail by up to about N messages written together, "
-        "which spares a lone send ~100 µs of CPU (searches read the trailing messages "
-        "directly and still find every committed one; the expiry round catches up)")
+        64, "int", "with sqlite, the search index may trail by up to about N messages, "
+        "written together, which spares a lone send ~100 µs of CPU (searches read the "
+        "trailing messages directly and still find every committed one; the expiry round "
+        "catches up); 0 writes each message's index entry in the message's own transaction")
     #: consecutive bad_request frames before the server closes with 1008.
     max_bad_frames: int = no_flag(20)
 

@@ -86,7 +86,8 @@ MESSAGE_WORDS_INSERT = "INSERT INTO message_words(rowid, words) VALUES (?, ?)"
 # finds every committed message all the same. The row is moved, and the messages
 # after it indexed, in one transaction (INDEX_TRAILING, ADVANCE_INDEXED): a
 # crash leaves both as they were. No row: every message is in the index, written
-# in its own transaction (the default). Each statement below reads the row
+# in its own transaction (``search_index_batch`` 0, on a file that never trailed;
+# the daemon trails by default, chatd.config). Each statement below reads the row
 # itself, so any process writing the file keeps the index right in either mode.
 INDEXED_SEQ = "SELECT CAST(value AS INTEGER) FROM meta WHERE key = 'search_indexed'"
 _INDEXED = f"coalesce(({INDEXED_SEQ}), 9223372036854775807)"
@@ -314,10 +315,11 @@ class SqliteBackend:
 
     def __init__(self, path: str, *, readers: int = 3, search_index_batch: int = 0) -> None:
         """``search_index_batch``: 0 writes each message's search index entry in
-        the message's transaction (issue 14's rule); N > 0 lets the index trail by
-        up to about N messages, written together (FTS5's fixed cost per commit,
-        ~100 µs of CPU, is then paid once per N sends), while searches read the
-        trailing messages directly and find every committed message."""
+        the message's transaction; N > 0 (the daemon's default, chatd.config)
+        lets the index trail by up to about N messages, written together (FTS5's
+        fixed cost per commit, ~100 µs of CPU, is then paid once per N sends),
+        while searches read the trailing messages directly and find every
+        committed message."""
         self.path = path
         self._index_batch = search_index_batch
         self._trailing: _Trailing | None = None

@@ -14,6 +14,8 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
+from chatd.sqlite_store import ADVANCE_INDEXED, INDEX_TRAILING, INDEXED_SEQ
+
 
 def connect_ro(db: Path) -> sqlite3.Connection:
     return sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=30)
@@ -90,9 +92,16 @@ def integrity_check(db: Path) -> str:
 
 def search_index_check(db: Path) -> None:
     """FTS5's own check of the search index against the messages it indexes
-    (raises sqlite3.DatabaseError if they disagree); the daemon must be stopped."""
-    conn = sqlite3.connect(db)
+    (raises sqlite3.DatabaseError if they disagree); the daemon must be stopped.
+    A trailing index (``--search-index-batch``) first catches up, with the
+    store's own statements, as the daemon's next catch-up would."""
+    conn = sqlite3.connect(db, isolation_level=None)
     try:
+        if conn.execute(INDEXED_SEQ).fetchone() is not None:
+            conn.execute("BEGIN")
+            conn.execute(INDEX_TRAILING)
+            conn.execute(ADVANCE_INDEXED)
+            conn.execute("COMMIT")
         conn.execute("INSERT INTO message_words(message_words, rank) VALUES ('integrity-check', 1)")
         conn.commit()
     finally:

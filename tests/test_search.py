@@ -7,6 +7,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from chatd.client import Client
 
 from .helpers import (
@@ -23,7 +25,12 @@ def _ids(reply: dict[str, Any]) -> list[str]:
     return [m["id"] for m in reply["messages"]]
 
 
-async def test_search_finds_the_current_words_of_the_channels(daemon: Any) -> None:
+@pytest.mark.parametrize("index_batch", ["64", "0"], ids=["trailing", "per-message"])
+async def test_search_finds_the_current_words_of_the_channels(make_daemon: Any,
+                                                             index_batch: str) -> None:
+    """Both search index modes: trailing by up to 64 messages (the default), and
+    each message's entry in its own transaction (``--search-index-batch 0``)."""
+    daemon = await make_daemon("--search-index-batch", index_batch)
     async with client(daemon.url, "alice") as a, client(daemon.url, "bob") as b:
         general = (await a.ok("create_channel", name="general"))["channel"]
         random = (await b.ok("create_channel", name="random"))["channel"]
