@@ -1,4 +1,4 @@
--- chatd schema, version 6: a new database. The store applies this file to a new
+-- chatd schema, version 7: a new database. The store applies this file to a new
 -- database and records the version in meta('schema_version'); a database made
 -- at an older version is brought here by chatd/migrations.py (version 1 is
 -- chatd 0.1.0's schema). A change here needs a migration there.
@@ -12,7 +12,9 @@ CREATE TABLE meta (
 -- never decremented; since version 6 the counter is the newest of this, the
 -- horizon and the newest event, and this row is no longer written each commit:
 -- chatd.sqlite_store.COUNTER), horizon (every event with seq <= horizon has
--- been dropped).
+-- been dropped), search_indexed (version 7, while the search index trails: every
+-- message with seq <= it is in message_words, the newer ones are not yet;
+-- chatd.sqlite_store.INDEXED_SEQ).
 
 CREATE TABLE users (
     id         TEXT PRIMARY KEY,

@@ -37,7 +37,7 @@ from . import search
 from .exceptions import StartupError
 
 #: The schema version of a new database; the version this code reads and writes.
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 
 #: The ``migrations.name`` of the row a new database is created with.
 CREATED = "new database"
@@ -245,6 +245,16 @@ MIGRATIONS: dict[int, Migration] = {
             "fewer pages per send: no index on messages.at_ms (expiry reads by seq)",
             "DROP INDEX IF EXISTS messages_at",
             "DROP INDEX IF EXISTS messages_at",
+        ),
+        # Nothing to change in the tables: the number alone keeps a chatd of version
+        # 6 from opening a file whose newest messages may not be in the search index
+        # yet (meta('search_indexed'), chatd.sqlite_store). That chatd would never
+        # index them, and indexing them again later would double their entries.
+        Migration(
+            7,
+            "sqlite: the search index may trail the newest messages (meta('search_indexed'))",
+            "",
+            "SELECT 1",
         ),
     ]
 }

@@ -1,4 +1,4 @@
--- chatd schema for PostgreSQL, version 6: the tables of schema.sql (the sqlite
+-- chatd schema for PostgreSQL, version 7: the tables of schema.sql (the sqlite
 -- schema) with PostgreSQL types. chatd.postgres_store applies this file to a new
 -- database in one transaction and records the version in meta('schema_version');
 -- an older database is brought here by chatd/migrations.py (a change here needs
