@@ -9,6 +9,7 @@
 #   make peers                                   # S1: chatd, python floor, Node
 #   make peers ARGS="--scenarios S1,S2,S3,S4"    # every scenario
 #   PEERS_DIR=/path/to/peers make peers          # the harness elsewhere
+#   CHATD_ARGS="--search-index-batch 0" make peers ARGS="--systems chatd"  # chatd's flags
 #
 # The harness is copied to .peers/ once (its npm packages are built there;
 # better-sqlite3 compiles for about 2 minutes). Without it, or without node,
@@ -35,7 +36,8 @@ else
   cp "$src"/*.js "$src"/*.py "$work/" 2>/dev/null || true
 fi
 export CHATD_CMD="$here/.venv/bin/chatd"
-export CHATD_EXTRA_ARGS="--no-rate-limits --max-connections 0 --max-connections-per-address 0"
+# CHATD_ARGS: more `chatd serve` flags, e.g. CHATD_ARGS="--search-index-batch 0"
+export CHATD_EXTRA_ARGS="--no-rate-limits --max-connections 0 --max-connections-per-address 0 ${CHATD_ARGS:-}"
 export PYFLOOR_PYTHON="$here/.venv/bin/python"
 cd "$work"
 args=("$@")
