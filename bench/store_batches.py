@@ -3,10 +3,13 @@
 One store on ``--db`` (a sqlite path or a postgresql:// URL, as ``chatd serve``
 takes it) applies batches of ``--batch`` sends, each with a nonce, one after the
 other for ``--seconds``, as the group-commit writer would under load; prints
-batches/s, sends/s and this process's CPU time per batch (``--no-nonces``:
-sends without one). On PostgreSQL it then traces a few batches on the
-writing connection (libpq's protocol trace) and prints the round trips per
-batch: each time the client waits for the server after sending is one.
+batches/s, sends/s, this process's CPU time per batch and the wall time of a
+batch's ``apply`` (p50, p99, max: the hand-off to the writing thread, the
+transaction and its fsync; ``--no-nonces``: sends without one). The search
+index trails as ``chatd serve``'s does, by default. On PostgreSQL it then
+traces a few batches on the writing connection (libpq's protocol trace) and
+prints the round trips per batch: each time the client waits for the server
+after sending is one.
 
 ``--breakdown`` (sqlite) also splits the writing thread's CPU time
 (``time.thread_time``: user and kernel, the fsync's included) per send by
@@ -14,6 +17,11 @@ statement: each ``execute``/``executemany`` on the writing connection is timed
 by the table it writes, and what is left of the transaction is the rules'
 Python (checks, the event's frame, ids), with the search words
 (:func:`chatd.search.index_text`) apart. The timing costs a little CPU itself.
+
+``--frames`` (sqlite), after the timed run: the WAL frames 64 more batches
+write per commit, by the b-tree of each frame's page (``dbstat``), with
+automatic checkpoints off while they are counted. Each frame is a page to
+write and sync; unlike time, this count does not move between runs.
 """
 
 from __future__ import annotations
@@ -30,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from chatd import wire
+from chatd.config import Config
 from chatd.ops import CreateChannelOp, CreateUserOp, Op, SendOp
 from chatd.store import Store, open_store
 
@@ -138,23 +147,71 @@ def _per_send(spent: dict[str, float], sends: int) -> dict[str, float]:
     return {name: round(us * 1e6 / sends, 1) for name, us in parts.items()}
 
 
+async def _frames(store: Store, me: wire.User, channel: wire.Channel, batch: int, n: int,
+                  nonces: bool, commits: int = 64) -> dict[str, float]:
+    """WAL frames per commit of ``commits`` more batches, by b-tree (sqlite)."""
+    import sqlite3
+    import struct
+    from collections import Counter
+
+    backend: Any = store.backend
+
+    def checkpoint(auto: int) -> None:
+        backend._w.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+        backend._w.execute(f"PRAGMA wal_autocheckpoint = {auto}").fetchall()
+
+    await store.run_on_writer(lambda: checkpoint(0))
+    for i in range(commits):
+        await store.apply(_ops(me, channel, batch, n + i, nonces), 1000 + n + i)
+
+    def read_wal() -> bytes:
+        # on the writing thread: nothing writes meanwhile
+        wal = Path(backend.path + "-wal").read_bytes()
+        checkpoint(1000)
+        return wal
+
+    wal = await store.run_on_writer(read_wal)
+    pages = [struct.unpack(">I", wal[off:off + 4])[0]  # a frame header: its page first
+             for off in range(32, len(wal) - 23, 24 + 4096)]
+    conn = sqlite3.connect(backend.path)
+    try:
+        names = dict(conn.execute("SELECT pageno, name || ' ' || pagetype FROM dbstat"))
+    finally:
+        conn.close()
+    count = Counter("page 1 (the header)" if p == 1 else names.get(p, "freed") for p in pages)
+    out = {name: round(k / commits, 2) for name, k in count.most_common()}
+    return {"all": round(len(pages) / commits, 2), **out}
+
+
+def _quantiles(seconds: list[float]) -> dict[str, float]:
+    s = sorted(seconds)
+    return {f"p{q}": round(s[min(len(s) - 1, int(q / 100 * len(s)))] * 1000, 3)
+            for q in (50, 99)} | {"max": round(s[-1] * 1000, 3)}
+
+
 async def run(db: str, seconds: float, batch: int, nonces: bool,
-              breakdown: bool = False, index_batch: int = 0) -> dict[str, Any]:
+              breakdown: bool = False, index_batch: int = 0,
+              frames: bool = False) -> dict[str, Any]:
     store = open_store(db, search_index_batch=index_batch)
     await store.open()
     spent: dict[str, float] = defaultdict(float)
     try:
         me, channel = await _setup(store)
         n, start, cpu = 0, time.perf_counter(), time.process_time()
+        walls: list[float] = []
         with _breakdown(store, spent) if breakdown else nullcontext():
             while (elapsed := time.perf_counter() - start) < seconds:
-                await store.apply(_ops(me, channel, batch, n, nonces), 1000 + n)
+                sends = _ops(me, channel, batch, n, nonces)
+                t = time.perf_counter()
+                await store.apply(sends, 1000 + n)
+                walls.append(time.perf_counter() - t)
                 n += 1
         cpu = time.process_time() - cpu
         out: dict[str, Any] = {
             "db": "postgresql" if "://" in db else "sqlite", "batch": batch, "nonces": nonces,
             "batches_per_s": round(n / elapsed, 1), "sends_per_s": round(n * batch / elapsed),
             "chatd_cpu_ms_per_batch": round(cpu * 1000 / n, 2),
+            "apply_wall_ms": _quantiles(walls),
         }
         if breakdown:
             out["writer_us_per_send"] = _per_send(spent, n * batch)
@@ -162,6 +219,8 @@ async def run(db: str, seconds: float, batch: int, nonces: bool,
         if writer is not None and hasattr(writer, "pgconn"):
             ops = [_ops(me, channel, batch, n + 1 + i, nonces) for i in range(20)]
             out["round_trips_per_batch"] = await _traced(store, writer, ops)
+        if frames:
+            out["wal_frames_per_commit"] = await _frames(store, me, channel, batch, n, nonces)
         return out
     finally:
         await store.close()
@@ -189,21 +248,27 @@ def main() -> None:
     p.add_argument("--seconds", type=float, default=5.0)
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--no-nonces", action="store_true", help="sends without a nonce")
-    p.add_argument("--search-index-batch", type=int, default=0, metavar="N",
-                   help="sqlite: let the search index trail by up to N messages (chatd serve's)")
+    p.add_argument("--search-index-batch", type=int, default=Config().search_index_batch,
+                   metavar="N", help="sqlite: let the search index trail by up to N messages"
+                   " (default: chatd serve's; 0: each message's entry in its transaction)")
     p.add_argument("--breakdown", action="store_true",
                    help="sqlite: the writing thread's CPU per send, by statement")
+    p.add_argument("--frames", action="store_true",
+                   help="sqlite: then the WAL frames per commit, by b-tree")
     args = p.parse_args()
-    if args.breakdown and "://" in args.db:
-        p.error("--breakdown times sqlite's writing connection")
+    if (args.breakdown or args.frames) and "://" in args.db:
+        p.error("--breakdown and --frames read sqlite's writing connection")
     with tempfile.TemporaryDirectory() as tmp:
         db = args.db or os.fspath(Path(tmp) / "bench.db")
         out = asyncio.run(run(db, args.seconds, args.batch, not args.no_nonces, args.breakdown,
-                              args.search_index_batch))
+                              args.search_index_batch, args.frames))
         parts = out.pop("writer_us_per_send", None)
+        frames = out.pop("wal_frames_per_commit", None)
         print(out)
         for name, us in (parts or {}).items():
             print(f"  {name:<44} {us:7.1f} µs per send")
+        for name, k in (frames or {}).items():
+            print(f"  {name:<44} {k:7.2f} WAL frames per commit")
 
 
 if __name__ == "__main__":
