@@ -78,14 +78,14 @@ CREATE INDEX messages_channel ON messages(channel_id, seq, sender_id);
 -- the words are stored once), rowid = the message's seq. The store writes it in
 -- the transaction of every insert, edit and delete of a message (chatd
 -- sqlite_store: MESSAGE_WORDS_*), or lets it trail the newest messages by a
--- batch (meta('search_indexed'), the daemon's default), in bulk like the rows of the send path; not
--- by triggers, because FTS5 writes its pending terms out at each statement
--- savepoint, which a trigger opens for every row (3 times the cost). The
--- 'ascii' tokenizer splits only at ASCII non-alphanumerics: each stored word is
--- one token. The prefix indexes (1 to 6 characters) make the last word of a
--- query, a prefix, as cheap to look up as a whole word: without them FTS5
--- merges the whole doclist of every word that begins with it (40 ms for a
--- frequent word of 1M messages).
+-- batch (meta('search_indexed'), the daemon's default), in bulk like the rows
+-- of the send path; not by triggers, because FTS5 writes its pending terms out
+-- at each statement savepoint, which a trigger opens for every row (3 times the
+-- cost). The 'ascii' tokenizer splits only at ASCII non-alphanumerics: each
+-- stored word is one token. The prefix indexes (1 to 6 characters) make the
+-- last word of a query, a prefix, as cheap to look up as a whole word: without
+-- them FTS5 merges the whole doclist of every word that begins with it (40 ms
+-- for a frequent word of 1M messages).
 CREATE VIRTUAL TABLE message_words USING fts5(
     words, content='messages', content_rowid='seq', tokenize='ascii', columnsize=0,
     prefix='1 2 3 4 5 6'
