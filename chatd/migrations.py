@@ -254,7 +254,7 @@ MIGRATIONS: dict[int, Migration] = {
             7,
             "sqlite: the search index may trail the newest messages (meta('search_indexed'))",
             "",
-            "SELECT 1",
+            "",
         ),
     ]
 }

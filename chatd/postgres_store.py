@@ -705,7 +705,8 @@ def migrate(
     """Apply the pending migrations of :mod:`chatd.migrations`, one transaction each."""
 
     def apply(m: Migration) -> None:
-        conn.execute(m.postgres.encode())  # several statements: no parameters
+        if m.postgres.strip():
+            conn.execute(m.postgres.encode())  # several statements: no parameters
         if m.backfill is not None:
             m.backfill("postgres", conn)
         if m.postgres_after.strip():
