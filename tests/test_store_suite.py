@@ -55,7 +55,7 @@ from chatd.store import Store, open_store
 
 #: "sqlite-trailing": sqlite whose search index trails its messages by up to
 #: TRAILING of them (``--search-index-batch``); tests that open more stores on
-#: the file open them with the default, which then keeps up the same index
+#: the file open them with 0 (as ``chatd user …`` does), which keeps up the same index
 BACKENDS = ["sqlite", "sqlite-trailing", "postgresql"]
 TRAILING = 4
 FAR = 10**13  # a time in ms long after every test's clock
@@ -860,7 +860,7 @@ async def test_a_trailing_search_index_finds_everything_and_catches_up(tmp_path:
     the same (edited, deleted or not), the index catches up every few messages and
     in the expiry round, never holds a word twice or a stale one, and a file
     left with a trailing part (a crash: nothing of it lives in memory) is found
-    in full and caught up by a store with the default setting."""
+    in full and caught up by a store opened with 0 (as ``chatd user …`` opens it)."""
     path = str(tmp_path / "trail.db")
     stores: list[Store] = []
 
@@ -910,7 +910,7 @@ async def _trailing(opened_with: Callable[[int], Awaitable[Store]], path: str) -
     await store.close()  # what a crash leaves too: nothing of the trailing part is in memory
     assert _fts(path) == (e.seq, [a.seq, b.seq, d.seq, e.seq])
 
-    store = await opened_with(0)  # the default: each message indexed in its transaction
+    store = await opened_with(0)  # each message indexed in its own transaction
     assert await found("omega") == [g.seq, f.seq]
     await one(store, EditMessageOp(me, f.id, "t5 sigma"))
     h = (await one(store, SendOp(me, channel.id, "t7 omega", None))).message
